@@ -1,0 +1,1 @@
+"""The cloud side: inference service and the model toolkit (needs torch)."""

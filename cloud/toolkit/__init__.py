@@ -1,0 +1,1 @@
+"""Model toolkit: the model, the task suite, training, distillation, export, calibration, packs."""

@@ -1,0 +1,223 @@
+"""Building a model pack: train the full model, distil the proxy, export, calibrate, evaluate.
+
+A recipe fixes everything a build depends on; its hash is the pack's default version, so a
+second ``autoglm models build`` with the same recipe finds the pack and reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cloud.toolkit import tasks, weights
+from cloud.toolkit.evaluate import calibrate, evaluate, proxy_decoder
+from cloud.toolkit.export import export_onnx, quantize_int8
+from cloud.toolkit.model import GPT, GPTConfig
+from cloud.toolkit.train import TrainConfig, train
+from shared.pack import (
+    FORMAT,
+    FileEntry,
+    FullSpec,
+    Manifest,
+    PackError,
+    ProxySpec,
+    RoutingSpec,
+    check_name,
+    file_entry,
+    open_pack,
+    write_manifest,
+)
+from shared.tokenizer import ByteTokenizer
+
+log = logging.getLogger(__name__)
+
+# Bump when the task suite or the build steps change in a way that changes the result.
+TOOLKIT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    full: GPTConfig
+    proxy: GPTConfig
+    full_train: TrainConfig
+    proxy_train: TrainConfig
+    eval_per_cell: int  # calibration and test examples per (family, tier)
+    seed: int = 0
+    max_new_tokens: int = 16  # longest answer in the suite is 10 characters + EOS
+    default_accuracy_share: float = 0.99  # default threshold keeps 99% of the full model's accuracy
+    min_int8_agreement: float = 0.98  # keep the int8 proxy only if it agrees this well with fp32
+
+    def digest(self) -> str:
+        blob = json.dumps({"toolkit": TOOLKIT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+RECIPES: dict[str, Recipe] = {
+    # For tests: small and fast (under 2 minutes on 2 cores), with the same quality shape.
+    "quick": Recipe(
+        name="quick",
+        full=GPTConfig(n_layer=3, n_head=4, n_embd=96),
+        proxy=GPTConfig(n_layer=2, n_head=2, n_embd=32),
+        full_train=TrainConfig(steps=500, batch_size=96),
+        proxy_train=TrainConfig(steps=300, batch_size=96, seed=1),
+        eval_per_cell=20,
+    ),
+    # The demo pack: the targets in docs/models.md are measured on it.
+    "demo": Recipe(
+        name="demo",
+        full=GPTConfig(n_layer=4, n_head=4, n_embd=128),
+        proxy=GPTConfig(n_layer=2, n_head=4, n_embd=48),
+        full_train=TrainConfig(steps=1200),
+        proxy_train=TrainConfig(steps=800, seed=1),
+        eval_per_cell=60,
+    ),
+}
+
+
+def _link_latest(name_dir: Path, version: str) -> None:
+    link = name_dir / "latest"
+    tmp = name_dir / ".latest.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(version)
+    os.replace(tmp, link)
+
+
+def build_pack(
+    recipe: Recipe, out_root: Path, version: str | None = None, force: bool = False
+) -> Path:
+    """Build (or reuse) ``<out_root>/<recipe.name>/<version>`` and point ``latest`` at it."""
+    version = check_name("version", version or recipe.digest()[:12])
+    name_dir = out_root / check_name("name", recipe.name)
+    dest = name_dir / version
+    if dest.exists() and not force:
+        try:
+            open_pack(dest)
+            log.info("reusing %s (same recipe; --force rebuilds)", dest)
+            _link_latest(name_dir, version)
+            return dest
+        except PackError as exc:
+            log.warning("rebuilding %s: %s", dest, exc)
+    name_dir.mkdir(parents=True, exist_ok=True)
+    work = name_dir / f".build-{version}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    report = _build_into(work, recipe, version)
+    shutil.rmtree(dest, ignore_errors=True)
+    work.rename(dest)
+    _link_latest(name_dir, version)
+    log.info("built %s in %.0f s", dest, report["seconds"])
+    return dest
+
+
+def _build_into(work: Path, recipe: Recipe, version: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    tok = ByteTokenizer()
+
+    full = GPT(recipe.full)
+    full_report = train(full, recipe.full_train, tasks.FAMILIES, desc="full model")
+    torch.manual_seed(recipe.seed + 1)
+    proxy = GPT(recipe.proxy)
+    proxy_report = train(
+        proxy, recipe.proxy_train, tasks.IN_DISTRIBUTION, teacher=full, desc="proxy (distil)"
+    )
+
+    weights.save(full, work / "full.safetensors")
+    weights.save(proxy, work / "proxy.safetensors")
+    export_onnx(proxy, work / "proxy.onnx")
+    (work / "tokenizer.json").write_text(json.dumps(tok.spec(), indent=2) + "\n")
+
+    pc = recipe.proxy
+    manifest = Manifest(
+        name=recipe.name,
+        version=version,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        full=FullSpec(
+            weights="full.safetensors", config=recipe.full.to_dict(), params=full.num_params()
+        ),
+        proxy=ProxySpec(
+            onnx="proxy.onnx",
+            weights="proxy.safetensors",
+            config=pc.to_dict(),
+            params=proxy.num_params(),
+            n_layer=pc.n_layer,
+            n_head=pc.n_head,
+            head_dim=pc.n_embd // pc.n_head,
+            context_limit=pc.block_size,
+        ),
+        routing=RoutingSpec(default_threshold=0.5, max_new_tokens=recipe.max_new_tokens),
+        build={
+            "format": FORMAT,
+            "recipe": {**dataclasses.asdict(recipe), "eval_per_cell": recipe.eval_per_cell},
+            "recipe_sha256": recipe.digest(),
+            "train": {"full": full_report, "proxy": proxy_report},
+            "torch": torch.__version__,
+        },
+        files={},
+    )
+    _seal(work, manifest)
+
+    table = calibrate(work, manifest, recipe.eval_per_cell, recipe.seed)
+    (work / "calibration.json").write_text(table.model_dump_json(indent=2) + "\n")
+    point = table.for_min_accuracy_share(recipe.default_accuracy_share)
+    manifest.routing.default_threshold = point.threshold
+
+    agreement = _int8_agreement(work, manifest, recipe)
+    manifest.proxy.int8_agreement = agreement
+    if agreement >= recipe.min_int8_agreement:
+        manifest.proxy.onnx_int8 = "proxy.int8.onnx"
+    else:
+        (work / "proxy.int8.onnx").unlink()
+        log.warning(
+            "int8 proxy dropped: token agreement %.3f < %.3f", agreement, recipe.min_int8_agreement
+        )
+    _seal(work, manifest)
+
+    report = evaluate(work, "test", recipe.eval_per_cell)
+    (work / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    manifest.evaluation = {k: report[k] for k in ("split", "n", "params", "router", "held_out")}
+    manifest.build["seconds"] = round(time.perf_counter() - t0, 1)
+    _seal(work, manifest)
+    return {"seconds": manifest.build["seconds"]}
+
+
+def _seal(work: Path, manifest: Manifest) -> None:
+    """Hash every file of the pack into the manifest and write it."""
+    manifest.files = {
+        p.name: file_entry(p)
+        for p in sorted(work.iterdir())
+        if p.is_file() and p.name not in {"manifest.json", "manifest.json.tmp"}
+    }
+    write_manifest(work, manifest)
+
+
+def _int8_agreement(work: Path, manifest: Manifest, recipe: Recipe) -> float:
+    """Quantise the proxy and measure greedy-token agreement with fp32 on calibration prompts."""
+    quantize_int8(work / "proxy.onnx", work / "proxy.int8.onnx")
+    manifest.proxy.onnx_int8 = "proxy.int8.onnx"
+    tok = ByteTokenizer()
+    fp32 = proxy_decoder(work, manifest)
+    int8 = proxy_decoder(work, manifest, int8=True)
+    same = total = 0
+    for ex in tasks.dataset("calib", max(4, recipe.eval_per_cell // 4), recipe.seed):
+        a = fp32.generate(tok.encode(ex.prompt), recipe.max_new_tokens).token_ids
+        b = int8.generate(tok.encode(ex.prompt), recipe.max_new_tokens).token_ids
+        total += max(len(a), len(b))
+        same += sum(x == y for x, y in zip(a, b, strict=False))
+    return same / max(1, total)
+
+
+def pack_file_entries(pack_dir: Path) -> dict[str, FileEntry]:
+    return open_pack(pack_dir).files

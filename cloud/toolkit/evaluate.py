@@ -1,0 +1,134 @@
+"""Evaluation of a pack as it is deployed: the full model from its safetensors with torch, the
+proxy from its ONNX file with the edge runner, on a split of the task suite.
+
+Reports exact-match accuracy of both models per family and tier, and the confidence router's
+metrics (PGR at the pack's default threshold, APGR, CPT) beside a random and an oracle router.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from cloud.toolkit import tasks, weights
+from cloud.toolkit.generate import greedy
+from edge.runner import OnnxDecoder
+from shared.pack import Manifest, open_pack
+from shared.routing import CalibrationTable, build_table, router_report
+from shared.tokenizer import ByteTokenizer
+
+
+def proxy_decoder(
+    pack_dir: Path, manifest: Manifest, int8: bool = False, threads: int = 0
+) -> OnnxDecoder:
+    """The pack's proxy on the edge runner (CPU here; GPU providers where available)."""
+    p = manifest.proxy
+    name = p.onnx_int8 if int8 else p.onnx
+    assert name is not None, "this pack has no int8 proxy"
+    return OnnxDecoder(
+        path=pack_dir / name,
+        n_layer=p.n_layer,
+        n_head=p.n_head,
+        head_dim=p.head_dim,
+        context_limit=p.context_limit,
+        eos_id=ByteTokenizer().eos_id,
+        io=p.io,
+        intra_op_threads=threads,
+    )
+
+
+def run_models(
+    pack_dir: Path, manifest: Manifest, examples: list[tasks.Example]
+) -> tuple[list[str], list[float], list[str]]:
+    """Proxy answers, proxy confidences and full-model answers for ``examples``."""
+    tok = ByteTokenizer()
+    max_new = manifest.routing.max_new_tokens
+    proxy = proxy_decoder(pack_dir, manifest)
+    p_out, p_conf = [], []
+    for ex in examples:
+        r = proxy.generate(tok.encode(ex.prompt), max_new)
+        p_out.append(tok.decode(r.token_ids))
+        p_conf.append(r.confidence)
+    full = weights.load(pack_dir / manifest.full.weights, manifest.full.config)
+    f_out = [g.text for g in greedy(full, tok, [e.prompt for e in examples], max_new)]
+    return p_out, p_conf, f_out
+
+
+def _by_cell(examples: list[tasks.Example], correct: list[bool]) -> dict[str, dict[str, float]]:
+    cells: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for ex, ok in zip(examples, correct, strict=True):
+        cells[ex.family][f"tier{ex.tier}"].append(ok)
+    return {f: {t: sum(v) / len(v) for t, v in sorted(tiers.items())} for f, tiers in cells.items()}
+
+
+def _mean(xs: list[bool]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def evaluate(
+    pack_dir: Path | str, split: tasks.Split = "test", per_cell: int | None = None
+) -> dict[str, Any]:
+    """The full evaluation report of a pack on ``split`` (a JSON-ready dict)."""
+    pack_dir = Path(pack_dir).resolve()
+    manifest = open_pack(pack_dir)
+    per_cell = per_cell or int(manifest.build["recipe"]["eval_per_cell"])
+    seed = int(manifest.build["recipe"]["seed"])
+    examples = tasks.dataset(split, per_cell, seed)
+    p_out, p_conf, f_out = run_models(pack_dir, manifest, examples)
+    pc = [tasks.score(e, o) for e, o in zip(examples, p_out, strict=True)]
+    fc = [tasks.score(e, o) for e, o in zip(examples, f_out, strict=True)]
+    threshold = manifest.routing.default_threshold
+    held = [i for i, e in enumerate(examples) if e.family in tasks.HELD_OUT]
+    ind = [i for i, e in enumerate(examples) if e.family in tasks.IN_DISTRIBUTION]
+    return {
+        "pack": f"{manifest.name}/{manifest.version}",
+        "split": split,
+        "n": len(examples),
+        "params": {
+            "full": manifest.full.params,
+            "proxy": manifest.proxy.params,
+            "ratio": manifest.proxy.params / manifest.full.params,
+        },
+        "accuracy": {
+            "full": _by_cell(examples, fc),
+            "proxy": _by_cell(examples, pc),
+            "full_in_distribution": _mean([fc[i] for i in ind]),
+            "proxy_in_distribution": _mean([pc[i] for i in ind]),
+            "proxy_by_tier": {
+                f"tier{t}": _mean([pc[i] for i in ind if examples[i].tier == t])
+                for t in tasks.TIERS
+            },
+            "full_by_tier": {
+                f"tier{t}": _mean([fc[i] for i in ind if examples[i].tier == t])
+                for t in tasks.TIERS
+            },
+        },
+        "router": router_report(p_conf, pc, fc, threshold),
+        "held_out": {
+            "families": list(tasks.HELD_OUT),
+            "escalated_share": _mean([p_conf[i] < threshold for i in held]),
+        },
+        "samples": [
+            {
+                "prompt": examples[i].prompt,
+                "answer": examples[i].answer,
+                "proxy": p_out[i],
+                "confidence": round(p_conf[i], 4),
+                "full": f_out[i],
+            }
+            for i in range(0, len(examples), max(1, len(examples) // 12))
+        ],
+    }
+
+
+def calibrate(pack_dir: Path, manifest: Manifest, per_cell: int, seed: int) -> CalibrationTable:
+    """The calibration table, measured on the calibration split (never on test)."""
+    examples = tasks.dataset("calib", per_cell, seed)
+    p_out, p_conf, f_out = run_models(pack_dir, manifest, examples)
+    return build_table(
+        p_conf,
+        [tasks.score(e, o) for e, o in zip(examples, p_out, strict=True)],
+        [tasks.score(e, o) for e, o in zip(examples, f_out, strict=True)],
+        split="calib",
+    )

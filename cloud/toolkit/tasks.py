@@ -1,0 +1,155 @@
+"""The built-in task suite: small, exactly scored problems in families and difficulty tiers.
+
+A prompt reads ``"<family> <arguments>="`` and the answer is the text after ``=``. Each family has
+three tiers; higher tiers are longer inputs, which a small model gets wrong more often. The
+family ``max`` is held out: the full model learns it, the proxy never sees it, so the router must
+learn to escalate what the proxy does not know.
+
+Splits never overlap by construction: a prompt's split is a function of its hash
+(:func:`split_of`), so a generator for one split simply rejects prompts that belong to another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+Split = Literal["train", "calib", "test"]
+TIERS = (1, 2, 3)
+IN_DISTRIBUTION = ("add", "rev", "sort", "count", "shift")
+HELD_OUT = ("max",)
+FAMILIES = IN_DISTRIBUTION + HELD_OUT
+LETTERS = string.ascii_lowercase
+
+
+@dataclass(frozen=True)
+class Example:
+    family: str
+    tier: int
+    prompt: str  # ends with "="
+    answer: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.answer
+
+
+def split_of(prompt: str) -> Split:
+    """The split a prompt belongs to: 10% test, 10% calibration, 80% train, fixed by its hash."""
+    bucket = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big") % 100
+    return "test" if bucket < 10 else "calib" if bucket < 20 else "train"
+
+
+# Input lengths (or digit counts for `add`) per tier.
+_LENGTHS = {1: (2, 4), 2: (5, 7), 3: (8, 10)}
+_ADD_DIGITS = {1: 2, 2: 3, 3: 4}
+_COUNT_LENGTHS = {1: (3, 6), 2: (7, 10), 3: (11, 14)}
+
+
+def _word(rng: random.Random, lo: int, hi: int, alphabet: str = LETTERS) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
+
+
+def _add(rng: random.Random, tier: int) -> tuple[str, str]:
+    hi = 10 ** _ADD_DIGITS[tier] - 1
+    lo = 0 if tier == 1 else 10 ** (_ADD_DIGITS[tier] - 1)
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    return f"add {a} {b}", str(a + b)
+
+
+def _rev(rng: random.Random, tier: int) -> tuple[str, str]:
+    w = _word(rng, *_LENGTHS[tier])
+    return f"rev {w}", w[::-1]
+
+
+def _sort(rng: random.Random, tier: int) -> tuple[str, str]:
+    w = _word(rng, *_LENGTHS[tier])
+    return f"sort {w}", "".join(sorted(w))
+
+
+def _count(rng: random.Random, tier: int) -> tuple[str, str]:
+    w = _word(rng, *_COUNT_LENGTHS[tier], alphabet="abcde")
+    c = rng.choice("abcde")
+    return f"count {c} {w}", str(w.count(c))
+
+
+def _shift(rng: random.Random, tier: int) -> tuple[str, str]:
+    w = _word(rng, *_LENGTHS[tier])
+    return f"shift {w}", "".join(LETTERS[(LETTERS.index(ch) + 1) % 26] for ch in w)
+
+
+def _max(rng: random.Random, tier: int) -> tuple[str, str]:
+    w = _word(rng, *_LENGTHS[tier], alphabet=string.digits)
+    return f"max {w}", max(w)
+
+
+GENERATORS: dict[str, Callable[[random.Random, int], tuple[str, str]]] = {
+    "add": _add,
+    "rev": _rev,
+    "sort": _sort,
+    "count": _count,
+    "shift": _shift,
+    "max": _max,
+}
+
+
+def sample(rng: random.Random, family: str, tier: int, split: Split) -> Example:
+    """One example of ``family`` at ``tier`` whose prompt belongs to ``split``."""
+    for _ in range(10_000):
+        body, answer = GENERATORS[family](rng, tier)
+        prompt = body + "="
+        if split_of(prompt) == split:
+            return Example(family, tier, prompt, answer)
+    raise RuntimeError(f"no {split} prompt for {family} tier {tier} in 10000 tries")
+
+
+def dataset(
+    split: Split, per_cell: int, seed: int, families: tuple[str, ...] = FAMILIES
+) -> list[Example]:
+    """A fixed evaluation set: ``per_cell`` distinct examples for every (family, tier)."""
+    rng = random.Random(f"{seed}:{split}")
+    out: list[Example] = []
+    for family in families:
+        for tier in TIERS:
+            seen: set[str] = set()
+            for _ in range(per_cell * 20):
+                if len(seen) == per_cell:
+                    break
+                ex = sample(rng, family, tier, split)
+                if ex.prompt not in seen:
+                    seen.add(ex.prompt)
+                    out.append(ex)
+    return out
+
+
+def stream(seed: int, families: tuple[str, ...], split: Split = "train") -> Iterator[Example]:
+    """An endless, seeded stream of training examples, uniform over families and tiers."""
+    rng = random.Random(f"{seed}:{split}:stream")
+    while True:
+        yield sample(rng, rng.choice(families), rng.choice(TIERS), split)
+
+
+def noise_prompts(rng: random.Random, n: int) -> list[str]:
+    """Prompts with made-up command words, for outlier exposure in distillation.
+
+    The proxy is taught to spread its probability over such prompts' answers, so that a command
+    it has never seen (like the held-out family) gives low confidence. Words that name a real
+    family, the held-out one included, are never produced.
+    """
+    out = []
+    while len(out) < n:
+        cmd = _word(rng, 2, 6)
+        if cmd in FAMILIES:
+            continue
+        arg = _word(rng, 2, 10, alphabet=rng.choice([LETTERS, string.digits]))
+        out.append(f"{cmd} {arg}=")
+    return out
+
+
+def score(example: Example, output: str) -> bool:
+    """Exact match."""
+    return output == example.answer

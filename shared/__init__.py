@@ -1,0 +1,1 @@
+"""Code both sides need: settings, wire contract, tokenizer, model-pack format."""
