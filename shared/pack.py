@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-FORMAT = "autoglm-pack/1"
+FORMAT: Literal["autoglm-pack/1"] = "autoglm-pack/1"
 MANIFEST = "manifest.json"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -58,7 +58,7 @@ class ProxySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     onnx: str = Field(description="fp32 ONNX decoder file")
     onnx_int8: str | None = Field(
-        default=None, description="int8 variant, if it agreed well enough"
+        default=None, description="int8 variant (see int8_agreement before using it)"
     )
     int8_agreement: float | None = Field(
         default=None, description="greedy token agreement with fp32"

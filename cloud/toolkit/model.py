@@ -36,12 +36,14 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be a multiple of n_head"
+        assert (cfg.n_embd // cfg.n_head) % 2 == 0, "rotary embedding needs an even head size"
         self.n_head = cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         # Rotary position embedding (Su et al., 2021): attention sees relative offsets, which
         # small models learn far faster than absolute position vectors on algorithmic tasks.
         inv_freq = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -106,6 +108,7 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd)
@@ -149,7 +152,7 @@ class GPT(nn.Module):
         neg = torch.finfo(self.wte.weight.dtype).min
         bias = torch.where(allowed, 0.0, neg).to(self.wte.weight.dtype).unsqueeze(1)  # [B,1,T,S]
 
-        x = self.drop(self.wte(input_ids))  # [B, T, C]
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # [B, T, C]
         presents: list[KV] = []
         for i, block in enumerate(self.h):
             x, present = block(x, position_ids, bias, None if past is None else past[i])

@@ -1,9 +1,9 @@
 """The built-in task suite: small, exactly scored problems in families and difficulty tiers.
 
 A prompt reads ``"<family> <arguments>="`` and the answer is the text after ``=``. Each family has
-three tiers; higher tiers are longer inputs, which a small model gets wrong more often. The
-family ``max`` is held out: the full model learns it, the proxy never sees it, so the router must
-learn to escalate what the proxy does not know.
+three tiers; higher tiers are longer inputs (more numbers to add), which a small model gets wrong
+more often. The family ``count`` is held out: the full model learns it, the proxy never sees it,
+so the router must learn to escalate what the proxy does not know.
 
 Splits never overlap by construction: a prompt's split is a function of its hash
 (:func:`split_of`), so a generator for one split simply rejects prompts that belong to another.
@@ -20,10 +20,12 @@ from typing import Literal
 
 Split = Literal["train", "calib", "test"]
 TIERS = (1, 2, 3)
-IN_DISTRIBUTION = ("add", "rev", "sort", "count", "shift")
-HELD_OUT = ("max",)
+IN_DISTRIBUTION = ("add", "rev", "sort", "shift", "max")
+HELD_OUT = ("count",)
 FAMILIES = IN_DISTRIBUTION + HELD_OUT
 LETTERS = string.ascii_lowercase
+# Training sees harder tiers more often: easy ones are learned early and need less data.
+TIER_WEIGHTS = (0.25, 0.35, 0.4)
 
 
 @dataclass(frozen=True)
@@ -45,45 +47,43 @@ def split_of(prompt: str) -> Split:
 
 
 # Input lengths (or digit counts for `add`) per tier.
-_LENGTHS = {1: (2, 4), 2: (5, 7), 3: (8, 10)}
-_ADD_DIGITS = {1: 2, 2: 3, 3: 4}
-_COUNT_LENGTHS = {1: (3, 6), 2: (7, 10), 3: (11, 14)}
+_LENGTHS = {1: (2, 3), 2: (4, 5), 3: (6, 7)}
+_ADD_TERMS = {1: (2, 3), 2: (4, 5), 3: (6, 7)}  # how many one-digit numbers to add
+_COUNT_LENGTHS = {1: (2, 5), 2: (6, 9), 3: (10, 13)}
 
 
-def _word(rng: random.Random, lo: int, hi: int, alphabet: str = LETTERS) -> str:
+def random_word(rng: random.Random, lo: int, hi: int, alphabet: str = LETTERS) -> str:
     return "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
 
 
 def _add(rng: random.Random, tier: int) -> tuple[str, str]:
-    hi = 10 ** _ADD_DIGITS[tier] - 1
-    lo = 0 if tier == 1 else 10 ** (_ADD_DIGITS[tier] - 1)
-    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-    return f"add {a} {b}", str(a + b)
+    terms = [rng.randrange(10) for _ in range(rng.randint(*_ADD_TERMS[tier]))]
+    return "add " + " ".join(map(str, terms)), str(sum(terms))
 
 
 def _rev(rng: random.Random, tier: int) -> tuple[str, str]:
-    w = _word(rng, *_LENGTHS[tier])
+    w = random_word(rng, *_LENGTHS[tier])
     return f"rev {w}", w[::-1]
 
 
 def _sort(rng: random.Random, tier: int) -> tuple[str, str]:
-    w = _word(rng, *_LENGTHS[tier])
+    w = random_word(rng, *_LENGTHS[tier])
     return f"sort {w}", "".join(sorted(w))
 
 
 def _count(rng: random.Random, tier: int) -> tuple[str, str]:
-    w = _word(rng, *_COUNT_LENGTHS[tier], alphabet="abcde")
-    c = rng.choice("abcde")
+    w = random_word(rng, *_COUNT_LENGTHS[tier], alphabet="abc")
+    c = rng.choice("abc")
     return f"count {c} {w}", str(w.count(c))
 
 
 def _shift(rng: random.Random, tier: int) -> tuple[str, str]:
-    w = _word(rng, *_LENGTHS[tier])
+    w = random_word(rng, *_LENGTHS[tier])
     return f"shift {w}", "".join(LETTERS[(LETTERS.index(ch) + 1) % 26] for ch in w)
 
 
 def _max(rng: random.Random, tier: int) -> tuple[str, str]:
-    w = _word(rng, *_LENGTHS[tier], alphabet=string.digits)
+    w = random_word(rng, *_LENGTHS[tier], alphabet=string.digits)
     return f"max {w}", max(w)
 
 
@@ -127,10 +127,11 @@ def dataset(
 
 
 def stream(seed: int, families: tuple[str, ...], split: Split = "train") -> Iterator[Example]:
-    """An endless, seeded stream of training examples, uniform over families and tiers."""
+    """An endless, seeded stream of training examples: families uniform, tiers by TIER_WEIGHTS."""
     rng = random.Random(f"{seed}:{split}:stream")
     while True:
-        yield sample(rng, rng.choice(families), rng.choice(TIERS), split)
+        tier = rng.choices(TIERS, weights=TIER_WEIGHTS)[0]
+        yield sample(rng, rng.choice(families), tier, split)
 
 
 def noise_prompts(rng: random.Random, n: int) -> list[str]:
@@ -140,13 +141,16 @@ def noise_prompts(rng: random.Random, n: int) -> list[str]:
     it has never seen (like the held-out family) gives low confidence. Words that name a real
     family, the held-out one included, are never produced.
     """
-    out = []
+    out: list[str] = []
     while len(out) < n:
-        cmd = _word(rng, 2, 6)
+        cmd = random_word(rng, 2, 6)
         if cmd in FAMILIES:
             continue
-        arg = _word(rng, 2, 10, alphabet=rng.choice([LETTERS, string.digits]))
-        out.append(f"{cmd} {arg}=")
+        args = [
+            random_word(rng, 1, 8, alphabet=rng.choice([LETTERS, string.digits]))
+            for _ in range(rng.randint(1, 2))
+        ]
+        out.append(f"{cmd} {' '.join(args)}=")
     return out
 
 

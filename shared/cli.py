@@ -1,0 +1,69 @@
+"""The ``autoglm`` command.
+
+Each subcommand group lives with the component it drives and is imported only when used, so the
+edge's commands run on a device without torch:
+
+    autoglm models build|eval|list     model toolkit (cloud/toolkit/cli.py, needs torch)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+# group name -> (module with `register(subparsers)`, one-line help)
+GROUPS: dict[str, tuple[str, str]] = {
+    "models": ("cloud.toolkit.cli", "build, evaluate and list model packs"),
+}
+
+
+def _missing_extra(group: str, exc: ModuleNotFoundError) -> int:
+    if exc.name is None or exc.name.split(".")[0] in {"cloud", "edge", "shared"}:
+        raise exc  # a bug in the project, not a missing package
+    print(
+        f"autoglm {group}: needs the Python package {exc.name!r}, which is not installed here.\n"
+        f"Install the matching extra, e.g. pip install 'open-autoglm[cloud]'.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser, with the subcommands of the group named in ``argv`` registered.
+
+    Raises ModuleNotFoundError when that group needs a package this install lacks.
+    """
+    parser = argparse.ArgumentParser(prog="autoglm", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in GROUPS.items():
+        sub = groups.add_parser(name, help=help_text)
+        if name == chosen:  # import only the group that runs
+            importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+    except ModuleNotFoundError as exc:
+        return _missing_extra(next(a for a in argv if not a.startswith("-")), exc)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ModuleNotFoundError as exc:
+        return _missing_extra(args.group, exc)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
