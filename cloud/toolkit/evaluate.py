@@ -66,21 +66,26 @@ def _mean(xs: list[bool]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
+def _suite(manifest: Manifest) -> tuple[tuple[str, ...], tuple[str, ...], int, int]:
+    """The families, held-out families, examples per cell and seed the pack was built with."""
+    r = manifest.build["recipe"]
+    return tuple(r["families"]), tuple(r["held_out"]), int(r["eval_per_cell"]), int(r["seed"])
+
+
 def evaluate(
     pack_dir: Path | str, split: tasks.Split = "test", per_cell: int | None = None
 ) -> dict[str, Any]:
     """The full evaluation report of a pack on ``split`` (a JSON-ready dict)."""
     pack_dir = Path(pack_dir).resolve()
     manifest = open_pack(pack_dir)
-    per_cell = per_cell or int(manifest.build["recipe"]["eval_per_cell"])
-    seed = int(manifest.build["recipe"]["seed"])
-    examples = tasks.dataset(split, per_cell, seed)
+    families, held_out, default_per_cell, seed = _suite(manifest)
+    examples = tasks.dataset(split, per_cell or default_per_cell, seed, families + held_out)
     p_out, p_conf, f_out = run_models(pack_dir, manifest, examples)
     pc = [tasks.score(e, o) for e, o in zip(examples, p_out, strict=True)]
     fc = [tasks.score(e, o) for e, o in zip(examples, f_out, strict=True)]
     threshold = manifest.routing.default_threshold
-    held = [i for i, e in enumerate(examples) if e.family in tasks.HELD_OUT]
-    ind = [i for i, e in enumerate(examples) if e.family in tasks.IN_DISTRIBUTION]
+    held = [i for i, e in enumerate(examples) if e.family in held_out]
+    ind = [i for i, e in enumerate(examples) if e.family in families]
     return {
         "pack": f"{manifest.name}/{manifest.version}",
         "split": split,
@@ -106,7 +111,7 @@ def evaluate(
         },
         "router": router_report(p_conf, pc, fc, threshold),
         "held_out": {
-            "families": list(tasks.HELD_OUT),
+            "families": list(held_out),
             "escalated_share": _mean([p_conf[i] < threshold for i in held]),
         },
         "samples": [
@@ -122,9 +127,10 @@ def evaluate(
     }
 
 
-def calibrate(pack_dir: Path, manifest: Manifest, per_cell: int, seed: int) -> CalibrationTable:
+def calibrate(pack_dir: Path, manifest: Manifest) -> CalibrationTable:
     """The calibration table, measured on the calibration split (never on test)."""
-    examples = tasks.dataset("calib", per_cell, seed)
+    families, held_out, per_cell, seed = _suite(manifest)
+    examples = tasks.dataset("calib", per_cell, seed, families + held_out)
     p_out, p_conf, f_out = run_models(pack_dir, manifest, examples)
     return build_table(
         p_conf,

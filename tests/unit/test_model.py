@@ -97,3 +97,11 @@ def test_weight_tying_counts_parameters_once() -> None:
     model = GPT(CFG)
     assert model.lm_head.weight is model.wte.weight
     assert model.num_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_demo_proxy_has_at_most_an_eighth_of_the_full_models_parameters() -> None:
+    """The demo recipe's proxy is at most 1/8 the size of its full model."""
+    from cloud.toolkit.build import RECIPES
+
+    demo = RECIPES["demo"]
+    assert GPT(demo.proxy).num_params() * 8 <= GPT(demo.full).num_params()
