@@ -4,6 +4,7 @@ Each subcommand group lives with the component it drives and is imported only wh
 edge's commands run on a device without torch:
 
     autoglm models build|eval|list     model toolkit (cloud/toolkit/cli.py, needs torch)
+    autoglm bench train|all            benchmarks (cloud/toolkit/bench.py)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 # group name -> (module with `register(subparsers)`, one-line help)
 GROUPS: dict[str, tuple[str, str]] = {
     "models": ("cloud.toolkit.cli", "build, evaluate and list model packs"),
+    "bench": ("cloud.toolkit.bench", "benchmarks that print a table and write JSON"),
 }
 
 

@@ -38,8 +38,8 @@ class TrainConfig:
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the soft-target term; (1 - alpha) on the hard labels
     noise_share: float = 0.1  # share of each batch given to outlier-exposure prompts
-    # bfloat16 autocast for matmuls (weights, optimiser and softmax stay fp32): 1.45x faster
-    # steps on a CPU with AVX512-BF16, measured by the build's own timing.
+    # bfloat16 autocast for matmuls (weights, optimiser and softmax stay fp32): faster steps on a
+    # CPU with AVX512-BF16; `autoglm bench train` measures it (docs/benchmarks.md).
     bf16: bool = True
 
 
