@@ -40,11 +40,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    import torch
-
     from cloud.toolkit.build import RECIPES, build_pack
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     recipe = RECIPES["quick" if args.quick else "demo"]
     try:
         dest = build_pack(recipe, args.out, version=args.version, force=args.force)
@@ -74,6 +71,12 @@ def _print_report(r: dict[str, Any]) -> None:
     )
     tiers = "  ".join(f"{t} {_pct(v)}" for t, v in acc["proxy_by_tier"].items())
     print(f"proxy by tier (in-distribution): {tiers}")
+    if r["calibration"]:
+        print(
+            "\ncalibration table (calibration split): threshold -> kept at the edge, mix accuracy"
+        )
+        for p in r["calibration"]:
+            print(f"  {p['threshold']:>8.4f}  {_pct(p['edge_share'])}  {_pct(p['accuracy'])}")
     rt = r["router"]
     print(f"\nconfidence router at the default threshold {rt['threshold']:.4f}:")
     print(

@@ -110,6 +110,7 @@ def evaluate(
             },
         },
         "router": router_report(p_conf, pc, fc, threshold),
+        "calibration": _calibration_summary(pack_dir, manifest),
         "held_out": {
             "families": list(held_out),
             "escalated_share": _mean([p_conf[i] < threshold for i in held]),
@@ -125,6 +126,20 @@ def evaluate(
             for i in range(0, len(examples), max(1, len(examples) // 12))
         ],
     }
+
+
+def _calibration_summary(pack_dir: Path, manifest: Manifest) -> list[dict[str, float]]:
+    """The pack's calibration table at every 10% of edge share (the whole table is in the pack)."""
+    path = pack_dir / manifest.calibration
+    if not path.is_file():  # during the build, before calibration has run
+        return []
+    table = CalibrationTable.model_validate_json(path.read_text())
+    rows = []
+    for share in [i / 10 for i in range(10, -1, -1)]:
+        p = min(table.points, key=lambda q: (abs(q.edge_share - share), q.threshold))
+        if not rows or rows[-1]["threshold"] != p.threshold:
+            rows.append(p.model_dump())
+    return rows
 
 
 def calibrate(pack_dir: Path, manifest: Manifest) -> CalibrationTable:

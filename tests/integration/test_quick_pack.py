@@ -84,6 +84,13 @@ def test_router_beats_random_and_escalates_held_out_family(report: dict) -> None
     assert report["held_out"]["escalated_share"] >= 0.8
 
 
+def test_eval_report_shows_the_calibration_table(report: dict) -> None:
+    """The report carries the calibration table from 100% to 0% kept at the edge."""
+    rows = report["calibration"]
+    assert rows[0]["edge_share"] == 1.0 and rows[-1]["edge_share"] == 0.0
+    assert [r["threshold"] for r in rows] == sorted(r["threshold"] for r in rows)
+
+
 def test_calibration_table_holds_the_default_threshold(quick_pack: Path) -> None:
     """The default threshold is a calibration point that keeps 99% of the full model's accuracy."""
     m = open_pack(quick_pack)
