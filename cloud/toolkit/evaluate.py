@@ -134,7 +134,7 @@ def _calibration_summary(pack_dir: Path, manifest: Manifest) -> list[dict[str, f
     if not path.is_file():  # during the build, before calibration has run
         return []
     table = CalibrationTable.model_validate_json(path.read_text())
-    rows = []
+    rows: list[dict[str, float]] = []
     for share in [i / 10 for i in range(10, -1, -1)]:
         p = min(table.points, key=lambda q: (abs(q.edge_share - share), q.threshold))
         if not rows or rows[-1]["threshold"] != p.threshold:
