@@ -1,0 +1,265 @@
+"""The engine core: owns the model and runs ``step()`` = schedule -> forward -> sample -> update.
+
+One step is ONE batched forward over every scheduled row: prefill rows of newly admitted requests
+(prompt, plus the edge's draft when there is one) and one-token decode rows of running requests.
+
+KV cache: each request keeps its own cache (``Request.kv``, only real tokens, no padding). To batch,
+the step builds a key/value sequence per row as ``[past, left-padded to the longest past P][new
+tokens, left-padded to the longest new chunk T]`` with an attention mask that is 0 on padding,
+runs the model, and copies each row's real columns back out. Simple and exact; the cost is a copy
+of every cache into the padded batch tensor and back each step (O(batch x P) per layer), and
+decode rows pay T columns of compute in steps that also prefill. A paged cache would avoid both.
+
+Draft verification (greedy only): the prefill row runs prompt + draft in one forward. The model's
+argmax after the prompt and after each draft prefix is compared with the draft; the longest
+matching prefix is accepted, and the argmax after it is a free extra token. The cache is cut to
+prompt + accepted tokens, so decoding continues exactly as if those tokens had been generated one
+by one: the output is the one greedy decoding gives without a draft. With temperature > 0 the draft
+is ignored: accepting tokens because they equal the argmax would skew the sampled distribution, and
+exact speculative sampling needs the proxy's probabilities, which a draft does not carry.
+
+Stop strings: generation ends as soon as the decoded text contains one; ``Request.text`` (and the
+streamed text) stop just before it, while ``output_ids`` keep every generated token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from cloud.engine.request import (
+    KV,
+    Request,
+    RequestStatus,
+    SamplingParams,
+    validate_request,
+)
+from cloud.engine.scheduler import Scheduler
+from cloud.toolkit.model import GPT
+from shared.settings.cloud import EngineSettings
+from shared.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """What one step produced for one request: new tokens and text, and the status after it."""
+
+    request_id: str
+    token_ids: list[int]  # new tokens (EOS excluded); several when draft tokens were accepted
+    token_probs: list[float] = field(default_factory=list)
+    text: str = ""  # newly completed text (held back while it may be the start of a stop string)
+    status: RequestStatus = RequestStatus.RUNNING
+
+    @property
+    def finished(self) -> bool:
+        return self.status.is_finished
+
+
+class EngineCore:
+    """Owns the model; not thread-safe (one engine thread calls everything)."""
+
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: Tokenizer,
+        settings: EngineSettings | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        max_prefill_tokens_per_step: int = 512,
+    ) -> None:
+        self.settings = settings or EngineSettings()
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.scheduler = Scheduler(
+            self.settings.max_batch_size,
+            self.settings.max_waiting,
+            max_prefill_tokens_per_step=max_prefill_tokens_per_step,
+            batching=self.settings.batching,
+        )
+        self.num_steps = 0
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        *,
+        priority: int = 0,
+        deadline: float | None = None,
+        draft_ids: list[int] | None = None,
+    ) -> Request:
+        """Validate and queue a request; raises InvalidRequest or QueueFull."""
+        params = params or SamplingParams()
+        if params.max_new_tokens == 0:
+            params.max_new_tokens = self.settings.default_max_new_tokens
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        cfg = self.model.cfg
+        validate_request(
+            ids,
+            params,
+            max_prompt_tokens=self.settings.max_prompt_tokens,
+            max_new_tokens_limit=self.settings.max_new_tokens_limit,
+            block_size=cfg.block_size,
+            vocab_size=cfg.vocab_size,
+            draft_ids=draft_ids,
+        )
+        draft = list(draft_ids or []) if params.temperature == 0 else []
+        req = Request(request_id, ids, params, priority, deadline, draft[: params.max_new_tokens])
+        req.draft_tokens = len(req.draft_ids)
+        self.scheduler.add(req)
+        return req
+
+    def abort(self, request_id: str) -> None:
+        self.scheduler.abort(request_id)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        """One iteration: schedule, one batched forward, sample, update states, emit events."""
+        now = time.monotonic()
+        sched = self.scheduler.schedule(now)
+        events = [TokenEvent(r.request_id, [], status=r.status) for r in sched.finished]
+        rows = sched.prefill + sched.decode
+        if not rows:
+            return events
+        self.num_steps += 1
+        new_ids = [r.prompt_ids + r.draft_ids for r in sched.prefill]
+        new_ids += [[r.output_ids[-1]] for r in sched.decode]
+        n_logits = [len(r.draft_ids) + 1 for r in sched.prefill] + [1] * len(sched.decode)
+        logits, caches = self._forward(rows, new_ids, n_logits)
+        now = time.monotonic()
+        for req, row_logits, kv in zip(rows, logits, caches, strict=True):
+            req.kv = kv
+            tokens, probs = self._sample(req, row_logits)
+            events.append(self._update(req, tokens, probs, now))
+            if req.is_finished:
+                req.kv = None
+                self.scheduler.finish(req)
+        return events
+
+    def _forward(
+        self, rows: list[Request], new_ids: list[list[int]], n_logits: list[int]
+    ) -> tuple[list[torch.Tensor], list[list[KV]]]:
+        """Run the rows as one padded batch; per row: last ``n_logits`` logits and its cache."""
+        dev, B = self.device, len(rows)
+        P = max(r.cache_len for r in rows)  # longest past
+        T = max(len(n) for n in new_ids)  # longest new chunk
+        ids = torch.full((B, T), self.tokenizer.pad_id, dtype=torch.long)
+        pos = torch.zeros((B, T), dtype=torch.long)
+        mask = torch.zeros((B, P + T), dtype=torch.long)
+        for i, (r, new) in enumerate(zip(rows, new_ids, strict=True)):
+            L, n = r.cache_len, len(new)
+            ids[i, T - n :] = torch.tensor(new)
+            pos[i, T - n :] = torch.arange(L, L + n)  # cache index j holds position j
+            mask[i, P - L : P] = 1
+            mask[i, P + T - n :] = 1
+        past: list[KV] | None = None
+        if P > 0:
+            past = []
+            k0 = next(r.kv for r in rows if r.kv is not None)[0][0]  # [1, nh, L, hd]
+            for layer in range(self.model.cfg.n_layer):
+                kp = k0.new_zeros(B, k0.shape[1], P, k0.shape[3])  # [B, nh, P, hd]
+                vp = torch.zeros_like(kp)
+                for i, r in enumerate(rows):
+                    if r.kv is not None:
+                        kp[i, :, P - r.cache_len :] = r.kv[layer][0][0]
+                        vp[i, :, P - r.cache_len :] = r.kv[layer][1][0]
+                past.append((kp, vp))
+        out, presents = self.model(ids.to(dev), mask.to(dev), pos.to(dev), past)  # [B, T, V]
+        logits = [out[i, T - m :] for i, m in enumerate(n_logits)]  # [m, V] each
+        caches: list[list[KV]] = []
+        for i in range(B):
+            keep = mask[i].nonzero().squeeze(1).to(dev)  # real columns of row i
+            caches.append([(k[i : i + 1, :, keep], v[i : i + 1, :, keep]) for k, v in presents])
+        return logits, caches
+
+    def _sample(self, req: Request, logits: torch.Tensor) -> tuple[list[int], list[float]]:
+        """Next token(s) of ``req`` from logits ``[m, V]`` (m > 1 only to verify a draft)."""
+        params = req.params
+        if params.temperature == 0:
+            p, t = F.softmax(logits.float(), dim=-1).max(dim=-1)  # [m], [m]
+            toks, probs = t.tolist(), p.tolist()
+            if req.draft_ids:  # first step of a request with a draft: verify it
+                k = 0
+                while k < len(req.draft_ids) and req.draft_ids[k] == toks[k]:
+                    k += 1
+                req.draft_accepted = k
+                req.draft_ids = []
+                assert req.kv is not None
+                keep = len(req.prompt_ids) + k  # drop rejected draft tokens from the cache
+                req.kv = [(kk[:, :, :keep], vv[:, :, :keep]) for kk, vv in req.kv]
+                return toks[: k + 1], probs[: k + 1]
+            return toks[-1:], probs[-1:]
+        if req.generator is None:
+            req.generator = torch.Generator(device=self.device)
+            if params.seed is None:
+                req.generator.seed()
+            else:
+                req.generator.manual_seed(params.seed)
+        dist = F.softmax(logits[-1].float() / params.temperature, dim=-1)  # [V]
+        if params.top_p < 1.0:
+            sorted_p, order = dist.sort(descending=True)
+            outside = sorted_p.cumsum(0) - sorted_p >= params.top_p  # mass before it covers top_p
+            sorted_p[outside] = 0.0
+            dist = torch.zeros_like(dist).scatter_(0, order, sorted_p)
+            dist = dist / dist.sum()
+        choice = int(torch.multinomial(dist, 1, generator=req.generator))
+        return [choice], [float(dist[choice])]
+
+    def _update(
+        self, req: Request, tokens: list[int], probs: list[float], now: float
+    ) -> TokenEvent:
+        """Append sampled tokens, check EOS / length / stop strings / deadline, build the event."""
+        if req.first_token_at is None:
+            req.first_token_at = now
+        new: list[int] = []
+        used = 0
+        for t, p in zip(tokens, probs, strict=True):
+            used += 1
+            req.token_probs.append(p)
+            if t == self.tokenizer.eos_id:
+                req.status = RequestStatus.FINISHED_EOS
+                break
+            req.output_ids.append(t)
+            new.append(t)
+            req.text = self.tokenizer.decode(req.output_ids)
+            if self._cut_at_stop(req):
+                req.status = RequestStatus.FINISHED_STOP
+                break
+            if req.num_generated >= req.params.max_new_tokens:
+                req.status = RequestStatus.FINISHED_LENGTH
+                break
+        if not req.is_finished and req.deadline is not None and now > req.deadline:
+            req.status = RequestStatus.FINISHED_DEADLINE
+        if req.is_finished:
+            req.finished_at = now
+            ready = req.text
+        else:
+            ready = req.text[: len(req.text) - self._held_back(req)]
+        delta, req.emitted_text = ready[len(req.emitted_text) :], ready
+        return TokenEvent(req.request_id, new, probs[:used], delta, req.status)
+
+    @staticmethod
+    def _cut_at_stop(req: Request) -> bool:
+        hits = [i for i in (req.text.find(s) for s in req.params.stop) if i >= 0]
+        if hits:
+            req.text = req.text[: min(hits)]
+        return bool(hits)
+
+    @staticmethod
+    def _held_back(req: Request) -> int:
+        """Characters at the end of the text not yet safe to stream (partial stop or character)."""
+        text, hold = req.text, 0
+        for s in req.params.stop:
+            for n in range(min(len(s) - 1, len(text)), hold, -1):
+                if text.endswith(s[:n]):
+                    hold = n
+                    break
+        partial = len(text) - len(text.rstrip("\ufffd"))  # an unfinished UTF-8 sequence
+        return max(hold, partial)

@@ -1,0 +1,125 @@
+"""AsyncEngine: runs :meth:`EngineCore.step` in a dedicated thread for asyncio handlers.
+
+Handlers put commands on a thread-safe inbox; the engine thread applies them between steps, runs
+steps while there is work, and hands each :class:`TokenEvent` to the request's asyncio queue with
+``loop.call_soon_threadsafe``. Lifecycle: ``start()`` -> serving -> ``drain(grace_s)`` (refuse
+new requests, let running ones finish, abort what is left after the grace) -> stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from typing import Any
+
+from cloud.engine.core import EngineCore, TokenEvent
+
+
+class EngineStopped(RuntimeError):
+    """The engine is draining or stopped and takes no new requests (maps to UNAVAILABLE)."""
+
+
+_Stream = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[TokenEvent]"]
+
+
+class AsyncEngine:
+    """The engine loop in a thread; ``submit`` streams a request's events to async callers."""
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}  # engine thread only
+        self._accepting = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-core", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def submit(
+        self, request_id: str, prompt: str | list[int], **kw: Any
+    ) -> AsyncIterator[TokenEvent]:
+        """Queue a request and yield its events until the final one (InvalidRequest/QueueFull
+        are raised here); leaving the iteration early aborts the request."""
+        if not self._accepting:
+            raise EngineStopped("engine is draining")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        admitted: Future[None] = Future()
+        self._inbox.put(("add", request_id, prompt, kw, (loop, events), admitted))
+        await asyncio.wrap_future(admitted)
+        finished = False
+        try:
+            while not finished:
+                event = await events.get()
+                finished = event.finished
+                yield event
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """The client went away: the request leaves the batch at the next step."""
+        self._inbox.put(("abort", request_id))
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new requests, give running ones ``grace_s`` to finish, abort the rest, stop."""
+        self._accepting = False
+        done: Future[None] = Future()
+        self._inbox.put(("drain", time.monotonic() + grace_s, done))
+        await asyncio.wrap_future(done)
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        drain: tuple[float, Future[None]] | None = None
+        while not self._stop.is_set():
+            idle = not self.core.has_work()
+            try:
+                cmd = self._inbox.get(timeout=0.05) if idle else self._inbox.get_nowait()
+            except queue.Empty:
+                cmd = None
+            while cmd is not None:
+                if cmd[0] == "drain":
+                    drain = (cmd[1], cmd[2])
+                else:
+                    self._apply(cmd)
+                try:
+                    cmd = self._inbox.get_nowait()
+                except queue.Empty:
+                    cmd = None
+            if drain is not None and time.monotonic() > drain[0]:
+                for request_id in list(self._streams):
+                    self.core.abort(request_id)
+            if self.core.has_work():
+                for event in self.core.step():
+                    self._deliver(event)
+            if drain is not None and not self.core.has_work():
+                drain[1].set_result(None)
+                return
+
+    def _apply(self, cmd: tuple[Any, ...]) -> None:
+        if cmd[0] == "abort":
+            self.core.abort(cmd[1])
+            return
+        _, request_id, prompt, kw, stream, admitted = cmd
+        try:
+            self.core.add_request(request_id, prompt, **kw)
+        except Exception as exc:  # InvalidRequest, QueueFull: raised in the caller's task
+            admitted.set_exception(exc)
+            return
+        self._streams[request_id] = stream
+        admitted.set_result(None)
+
+    def _deliver(self, event: TokenEvent) -> None:
+        stream = self._streams.get(event.request_id)
+        if stream is None:
+            return
+        if event.finished:
+            del self._streams[event.request_id]
+        loop, events = stream
+        loop.call_soon_threadsafe(events.put_nowait, event)

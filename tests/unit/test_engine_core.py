@@ -1,0 +1,157 @@
+"""EngineCore: batched greedy equals offline greedy, drafts, sampling and stop strings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cloud.engine import EngineCore, RequestStatus, SamplingParams, TokenEvent
+from cloud.toolkit.generate import greedy
+from cloud.toolkit.model import GPT, GPTConfig
+from shared.settings.cloud import EngineSettings
+from shared.tokenizer import ByteTokenizer
+
+TOK = ByteTokenizer()
+PROMPTS = ["hi", "hello world", "abcabcabcabc", "x", "the quick brown fox", "42+17=", "zz", "ok?"]
+MAX_NEW = 12
+
+
+def tiny_model() -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)  # larger than GPT-2's init so untrained greedy outputs vary
+    return model
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def reference(model: GPT) -> dict[str, list[int]]:
+    """Offline greedy tokens of every prompt, decoded one prompt at a time."""
+    outs = greedy(model, TOK, PROMPTS, MAX_NEW, batch_size=1)
+    return {p: g.token_ids for p, g in zip(PROMPTS, outs, strict=True)}
+
+
+def make_core(model: GPT, **settings: object) -> EngineCore:
+    prefill = settings.pop("max_prefill_tokens_per_step", 512)
+    assert isinstance(prefill, int)
+    return EngineCore(model, TOK, EngineSettings(**settings), max_prefill_tokens_per_step=prefill)
+
+
+def run_all(core: EngineCore) -> list[list[TokenEvent]]:
+    steps = []
+    while core.has_work():
+        steps.append(core.step())
+    return steps
+
+
+@pytest.mark.parametrize("batch,prefill_budget", [(8, 512), (3, 512), (4, 8)])
+def test_concurrent_greedy_matches_offline_greedy(
+    model: GPT, reference: dict[str, list[int]], batch: int, prefill_budget: int
+) -> None:
+    """Eight requests of different lengths, admitted at different steps, give offline greedy."""
+    core = make_core(model, max_batch_size=batch, max_prefill_tokens_per_step=prefill_budget)
+    reqs, steps = [], []
+    for i, prompt in enumerate(PROMPTS):
+        reqs.append(core.add_request(f"r{i}", prompt, SamplingParams(max_new_tokens=MAX_NEW)))
+        if i % 3 == 2:
+            steps += [core.step(), core.step()]
+    streamed = {r.request_id: "" for r in reqs}
+    for events in steps + run_all(core):
+        for e in events:
+            streamed[e.request_id] += e.text
+    for req, prompt in zip(reqs, PROMPTS, strict=True):
+        assert req.output_ids == reference[prompt], prompt
+        assert req.status in (RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_EOS)
+        assert req.text == TOK.decode(req.output_ids)
+        assert streamed[req.request_id] == req.text
+        assert req.kv is None and req.first_token_at is not None
+
+
+def test_batching_off_runs_one_at_a_time_with_same_outputs(
+    model: GPT, reference: dict[str, list[int]]
+) -> None:
+    """batching=False keeps one running sequence and gives the same greedy outputs."""
+    core = make_core(model, max_batch_size=8, batching=False)
+    reqs = [core.add_request(f"r{i}", p, SamplingParams(MAX_NEW)) for i, p in enumerate(PROMPTS)]
+    while core.has_work():
+        core.step()
+        assert len(core.scheduler.running) <= 1
+    assert [r.output_ids for r in reqs] == [reference[p] for p in PROMPTS]
+
+
+def _draft(kind: str, ref: list[int]) -> list[int]:
+    wrong = [(t + 1) % 256 for t in ref]
+    return {"correct": ref[:6], "partial": ref[:3] + wrong[3:6], "wrong": wrong[:6]}[kind]
+
+
+@pytest.mark.parametrize("kind,accepted", [("correct", 6), ("partial", 3), ("wrong", 0)])
+def test_draft_gives_the_no_draft_output(
+    model: GPT, reference: dict[str, list[int]], kind: str, accepted: int
+) -> None:
+    """Correct, partly wrong and wrong drafts all give the no-draft output, batched with others."""
+    core = make_core(model, max_batch_size=4)
+    plain = core.add_request("plain", PROMPTS[1], SamplingParams(MAX_NEW))
+    core.step()
+    core.step()
+    ref = reference[PROMPTS[4]]
+    req = core.add_request("d", PROMPTS[4], SamplingParams(MAX_NEW), draft_ids=_draft(kind, ref))
+    run_all(core)
+    assert req.output_ids == ref
+    assert plain.output_ids == reference[PROMPTS[1]]
+    assert (req.draft_tokens, req.draft_accepted) == (6, accepted)
+
+
+def test_correct_draft_saves_decode_steps(model: GPT, reference: dict[str, list[int]]) -> None:
+    """A fully accepted draft of 6 tokens saves 6 steps."""
+    steps = {}
+    for draft in ([], reference[PROMPTS[0]][:6]):
+        core = make_core(model)
+        core.add_request("r", PROMPTS[0], SamplingParams(MAX_NEW), draft_ids=draft)
+        run_all(core)
+        steps[len(draft)] = core.num_steps
+    assert steps == {0: MAX_NEW, 6: MAX_NEW - 6}
+
+
+def test_draft_is_ignored_when_sampling(model: GPT) -> None:
+    """With temperature > 0 the draft is not verified."""
+    core = make_core(model)
+    req = core.add_request("r", "hi", SamplingParams(MAX_NEW, temperature=1.0), draft_ids=[1, 2])
+    run_all(core)
+    assert (req.draft_tokens, req.draft_accepted, req.num_generated) == (0, 0, MAX_NEW)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_seeded_sampling_is_reproducible_and_seed_dependent(model: GPT, top_p: float) -> None:
+    """The same seed gives the same tokens, even batched with others; another seed differs."""
+    core = make_core(model)
+    params = [SamplingParams(MAX_NEW, temperature=1.0, top_p=top_p, seed=s) for s in (1, 1, 2)]
+    reqs = [core.add_request(f"r{i}", "hello", p) for i, p in enumerate(params)]
+    core.add_request("other", "abc", SamplingParams(MAX_NEW))
+    run_all(core)
+    alone = make_core(model)
+    solo = alone.add_request("s", "hello", SamplingParams(MAX_NEW, 1.0, top_p, seed=1))
+    run_all(alone)
+    assert reqs[0].output_ids == reqs[1].output_ids == solo.output_ids
+    assert reqs[0].output_ids != reqs[2].output_ids
+
+
+def test_stop_string_ends_generation_and_is_cut_from_text(
+    model: GPT, reference: dict[str, list[int]]
+) -> None:
+    """A stop string ends with FINISHED_STOP; text and stream stop just before it."""
+    full = TOK.decode(reference[PROMPTS[0]])
+    i = next(i for i in range(1, len(full) - 1) if "\ufffd" not in full[i : i + 2])
+    stop = full[i : i + 2]
+    core = make_core(model)
+    req = core.add_request("r", PROMPTS[0], SamplingParams(MAX_NEW, stop=["never", stop]))
+    streamed = "".join(e.text for events in run_all(core) for e in events)
+    assert req.status == RequestStatus.FINISHED_STOP
+    assert req.text == streamed == full[: full.find(stop)]
+    assert len(req.output_ids) < MAX_NEW

@@ -1,0 +1,69 @@
+"""AsyncEngine: the engine thread streams events to asyncio callers, aborts and drains."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from cloud.engine import AsyncEngine, EngineCore, EngineStopped, InvalidRequest, SamplingParams
+from cloud.toolkit.generate import greedy
+from cloud.toolkit.model import GPT, GPTConfig
+from shared.settings.cloud import EngineSettings
+from shared.tokenizer import ByteTokenizer
+
+TOK = ByteTokenizer()
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+async def collect(engine: AsyncEngine, rid: str, prompt: str, n: int) -> list[int]:
+    ids: list[int] = []
+    async for event in engine.submit(rid, prompt, params=SamplingParams(n)):
+        ids += event.token_ids
+    return ids
+
+
+def test_concurrent_submits_stream_greedy_outputs_then_drain(model: GPT) -> None:
+    """Concurrent submits stream offline-greedy tokens; a drained engine refuses new requests."""
+    prompts = ["hi", "hello", "abcdef"]
+
+    async def main() -> list[list[int]]:
+        engine = AsyncEngine(EngineCore(model, TOK, EngineSettings(max_batch_size=4)))
+        engine.start()
+        outs = await asyncio.gather(
+            *(collect(engine, f"r{i}", p, 6) for i, p in enumerate(prompts))
+        )
+        with pytest.raises(InvalidRequest):
+            await collect(engine, "bad", "hi", -1)
+        await engine.drain(grace_s=1.0)
+        with pytest.raises(EngineStopped):
+            await collect(engine, "late", "hi", 6)
+        return outs
+
+    expected = [g.token_ids for g in greedy(model, TOK, prompts, 6, 1)]
+    assert asyncio.run(main()) == expected
+
+
+def test_leaving_the_stream_early_aborts_and_drain_aborts_after_grace(model: GPT) -> None:
+    """A consumer that stops iterating aborts its request; drain aborts what outlives the grace."""
+
+    async def main() -> None:
+        core = EngineCore(model, TOK, EngineSettings(max_batch_size=2))
+        engine = AsyncEngine(core)
+        engine.start()
+        stream = engine.submit("a", "hi", params=SamplingParams(50))
+        first = await anext(stream)
+        assert first.token_ids
+        await stream.aclose()
+        events = engine.submit("b", "hello", params=SamplingParams(50))
+        await anext(events)
+        await engine.drain(grace_s=0.0)
+        assert not core.has_work()
+
+    asyncio.run(main())
