@@ -4,7 +4,8 @@ Each subcommand group lives with the component it drives and is imported only wh
 edge's commands run on a device without torch:
 
     autoglm models build|eval|list     model toolkit (cloud/toolkit/cli.py, needs torch)
-    autoglm bench train|all            benchmarks (cloud/toolkit/bench.py)
+    autoglm bench train|cloud|all      benchmarks (cloud/toolkit/bench.py)
+    autoglm cloud serve                the cloud inference service (cloud/cli.py)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 GROUPS: dict[str, tuple[str, str]] = {
     "models": ("cloud.toolkit.cli", "build, evaluate and list model packs"),
     "bench": ("cloud.toolkit.bench", "benchmarks that print a table and write JSON"),
+    "cloud": ("cloud.cli", "the cloud inference service (cloud serve)"),
 }
 
 

@@ -19,13 +19,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for name, help_text in (
         ("train", "training and distillation step time, fp32 vs bf16 autocast"),
+        ("cloud", "engine tokens/s, TTFT, inter-token latency with and without batching; drafts"),
         ("all", "every benchmark above"),
     ):
         b = sub.add_parser(name, help=help_text)
-        b.add_argument("--steps", type=int, default=20, help="measured steps per variant and round")
-        b.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
         b.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the JSON")
         b.set_defaults(handler=_run)
+        if name in ("train", "all"):
+            b.add_argument(
+                "--steps", type=int, default=20, help="train: steps per variant and round"
+            )
+            b.add_argument("--rounds", type=int, default=3, help="train: interleaved rounds")
+        if name in ("cloud", "all"):
+            b.add_argument(
+                "--pack", type=Path, default=Path("packs/demo/latest"), help="cloud: pack"
+            )
+            b.add_argument("--levels", default="1,4,16,32", help="cloud: concurrent streams")
+            b.add_argument("--per-stream", type=int, default=8, help="cloud: requests per stream")
+            b.add_argument(
+                "--per-cell", type=int, default=10, help="cloud: prompts per family/tier"
+            )
 
 
 def _step_times(
@@ -87,20 +100,62 @@ def bench_train(steps: int, rounds: int) -> dict[str, Any]:
     return {"bench": "train", "torch_threads": torch.get_num_threads(), "rows": rows}
 
 
-def _run(args: argparse.Namespace) -> int:
-    result = bench_train(args.steps, args.rounds)
+def _write(args: argparse.Namespace, name: str, result: dict[str, Any]) -> None:
     result["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "python": platform.python_version(),
     }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"JSON: {path}\n")
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    result = bench_train(args.steps, args.rounds)
     print(f"{'job':<20} {'batch':>5} {'fp32 ms':>9} {'bf16 ms':>9} {'speed-up':>9}")
     for r in result["rows"]:
         print(
             f"{r['job']:<20} {r['batch_size']:>5} {r['fp32_ms']:>9.1f} {r['bf16_ms']:>9.1f} "
             f"{r['speedup']:>8.2f}x"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "train.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nmedians over {args.rounds} x {args.steps} steps per variant; JSON: {path}")
+    print(f"medians over {args.rounds} x {args.steps} steps per variant")
+    _write(args, "train", result)
+
+
+def _run_cloud(args: argparse.Namespace) -> None:
+    from cloud.engine.bench import bench_cloud
+
+    levels = [int(x) for x in args.levels.split(",")]
+    result = bench_cloud(args.pack, levels, args.per_stream, args.per_cell)
+    print(f"engine on {result['pack']} (full model), closed loop, greedy")
+    print(
+        f"{'streams':>7} {'batching':>8} {'tok/s':>8} {'TTFT p50':>9} {'p99':>7} "
+        f"{'ITL p50':>8} {'p99':>7} {'steps':>6}"
+    )
+    for r in result["rows"]:
+        print(
+            f"{r['streams']:>7} {'on' if r['batching'] else 'off':>8} {r['tokens_per_s']:>8.1f} "
+            f"{r['ttft_p50_ms']:>7.1f}ms {r['ttft_p99_ms']:>5.1f}ms {r['itl_p50_ms']:>6.1f}ms "
+            f"{r['itl_p99_ms']:>5.1f}ms {r['steps']:>6}"
+        )
+    print(
+        "batching speed-up (tokens/s): "
+        + ", ".join(f"{s} streams {v:.2f}x" for s, v in result["speedup"].items())
+    )
+    d = result["drafts"]
+    print(
+        f"drafts: {d['escalated_requests']} of {d['of_requests']} requests escalated; "
+        f"{d['draft_tokens_accepted_mean']:.2f} draft tokens accepted per escalated request, "
+        f"{d['decode_steps_saved_mean']:.2f} of {d['decode_steps_without_draft_mean']:.2f} "
+        "engine steps saved"
+    )
+    _write(args, "cloud", result)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.bench in ("train", "all"):
+        _run_train(args)
+    if args.bench in ("cloud", "all"):
+        _run_cloud(args)
     return 0

@@ -17,3 +17,35 @@ def test_bench_train_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert [r["job"] for r in result["rows"]] == ["full model (train)", "proxy (distil)"]
     assert all(r["fp32_ms"] > 0 and r["bf16_ms"] > 0 for r in result["rows"])
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_bench_cloud_compares_batching_and_counts_draft_savings(
+    quick_pack: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tiny run covers both engine modes at each level and reports draft savings."""
+    argv = [
+        "bench",
+        "cloud",
+        "--pack",
+        str(quick_pack),
+        "--levels",
+        "1,2",
+        "--per-stream",
+        "2",
+        "--per-cell",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "cloud.json").read_text())
+    assert [(r["streams"], r["batching"]) for r in result["rows"]] == [
+        (1, True),
+        (1, False),
+        (2, True),
+        (2, False),
+    ]
+    assert all(r["output_tokens"] > 0 and r["requests"] == 2 * r["streams"] for r in result["rows"])
+    d = result["drafts"]
+    assert d["decode_steps_saved_mean"] == pytest.approx(d["draft_tokens_accepted_mean"])
+    assert "batching speed-up" in capsys.readouterr().out
