@@ -101,7 +101,10 @@ def draft_savings(pack: Path, manifest: Manifest, model: GPT, per_cell: int) -> 
     )
     proxy = proxy_decoder(pack, manifest)
     threshold, max_new = manifest.routing.default_threshold, manifest.routing.max_new_tokens
-    steps_with, steps_without, accepted, escalated = [], [], [], 0
+    steps_with: list[int] = []
+    steps_without: list[int] = []
+    accepted: list[int] = []
+    escalated = 0
     for ex in examples:
         d = proxy.generate(TOK.encode(ex.prompt), max_new, stop_below=threshold)
         if d.finished != "low_confidence":
