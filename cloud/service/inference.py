@@ -1,0 +1,298 @@
+"""The ``autoglm.v1.Inference`` servicer of the cloud: wire messages in, engine events out.
+
+A :class:`GenerateRequest` is turned into engine arguments once, here at the boundary; engine
+errors are turned into gRPC status codes in one place (:data:`STATUS_OF`). ``Generate`` and
+``GenerateStream`` share one generator of chunks, so both give the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+
+from cloud.engine import (
+    AsyncEngine,
+    EngineCore,
+    EngineStopped,
+    InvalidRequest,
+    QueueFull,
+    Request,
+    RequestStatus,
+    SamplingParams,
+    Scheduler,
+    SchedulerOutput,
+    TokenEvent,
+)
+from cloud.service.metrics import ServiceMetrics
+from shared.rpc import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+pb = inference_pb2
+
+
+class DeadlineExpired(RuntimeError):
+    """The request's deadline passed before it finished (the engine dropped it)."""
+
+
+# The one place where engine errors become gRPC status codes.
+STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    EngineStopped: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+_MAPPED = tuple(STATUS_OF)
+
+FINISH_REASON = {
+    RequestStatus.FINISHED_EOS: pb.FINISH_REASON_EOS,
+    RequestStatus.FINISHED_LENGTH: pb.FINISH_REASON_LENGTH,
+    RequestStatus.FINISHED_STOP: pb.FINISH_REASON_STOP_STRING,
+    RequestStatus.FINISHED_ABORTED: pb.FINISH_REASON_ABORTED,
+}
+
+
+@dataclass
+class Trace:
+    """What the servicer reads of a request once it finished (the engine thread wrote it)."""
+
+    request: Request
+    prefill_at: float | None = None  # start of the step that ran its prefill
+
+
+class TracedEngineCore(EngineCore):
+    """EngineCore that keeps each live request's timings for the answer and the metrics."""
+
+    def __init__(self, *args: Any, metrics: ServiceMetrics | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.traces: dict[str, Trace] = {}
+        self.metrics = metrics
+        old = self.scheduler
+        self.scheduler = _TracingScheduler(
+            self._on_schedule,
+            old.max_running,
+            old.max_waiting,
+            max_prefill_tokens_per_step=old.max_prefill_tokens,
+        )
+
+    def add_request(self, request_id: str, prompt: str | list[int], *a: Any, **kw: Any) -> Request:
+        req = super().add_request(request_id, prompt, *a, **kw)
+        self.traces[request_id] = Trace(req)
+        return req
+
+    def forget(self, request_id: str) -> Trace | None:
+        """Drop (and return) a request's trace; called by the servicer when the call ends."""
+        return self.traces.pop(request_id, None)
+
+    def _on_schedule(self, out: SchedulerOutput, now: float) -> None:
+        for req in out.prefill:
+            trace = self.traces.get(req.request_id)
+            if trace is not None:
+                trace.prefill_at = now
+        if self.metrics is not None:
+            self.metrics.set_queue(len(self.scheduler.running), self.scheduler.num_waiting)
+            if out.prefill or out.decode:
+                self.metrics.observe_batch(len(out.prefill) + len(out.decode))
+
+
+class _TracingScheduler(Scheduler):
+    def __init__(
+        self, hook: Callable[[SchedulerOutput, float], None], *args: Any, **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self._hook = hook
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        out = super().schedule(now)
+        self._hook(out, now)
+        return out
+
+
+def sampling_from_wire(s: inference_pb2.SamplingParams) -> SamplingParams:
+    """Engine sampling parameters from the wire's (0 = default, as the proto says)."""
+    return SamplingParams(
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p if s.top_p != 0 else 1.0,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=list(s.stop),
+    )
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    """Serves Generate and GenerateStream from the AsyncEngine."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        core: TracedEngineCore,
+        pack_label: str,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.engine = engine
+        self.core = core
+        self.pack_label = pack_label
+        self.metrics = metrics
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> inference_pb2.GenerateResponse:
+        final = inference_pb2.GenerateResponse()
+        async with aclosing(self._chunks(request, context)) as chunks:
+            async for chunk in chunks:
+                if chunk.HasField("final"):
+                    final = chunk.final
+        return final
+
+    async def GenerateStream(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+        async with aclosing(self._chunks(request, context)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _chunks(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncGenerator[inference_pb2.GenerateChunk, None]:
+        """One chunk per engine event; the last carries ``final``. Errors abort the call."""
+        start = time.monotonic()
+        rid = request.request_id or uuid.uuid4().hex
+        status = "error"
+        tokens: list[int] = []
+        text: list[str] = []
+        first_at: float | None = None
+        self.metrics.request_started()
+        try:
+            if not request.prompt:
+                raise InvalidRequest("prompt is empty")
+            remaining = context.time_remaining()
+            kwargs: dict[str, Any] = {
+                "params": sampling_from_wire(request.sampling),
+                "priority": request.priority,
+                "deadline": None if remaining is None else start + remaining,
+                "draft_ids": list(request.draft.token_ids),
+            }
+            log.info(
+                "%s: accepted (prompt %d chars, draft %d tokens, device %r)",
+                rid,
+                len(request.prompt),
+                len(kwargs["draft_ids"]),
+                request.device_id,
+            )
+            last_at = start
+            submitted = self.engine.submit(rid, request.prompt, **kwargs)
+            async with aclosing(cast(AsyncGenerator[TokenEvent, None], submitted)) as events:
+                async for event in events:
+                    now = time.monotonic()
+                    if event.token_ids:
+                        if first_at is None:
+                            first_at = now
+                        else:
+                            self.metrics.token_emitted(now - last_at)
+                        last_at = now
+                    tokens += event.token_ids
+                    text.append(event.text)
+                    if event.status == RequestStatus.FINISHED_DEADLINE:
+                        raise DeadlineExpired("the deadline passed before the answer was ready")
+                    chunk = pb.GenerateChunk(
+                        request_id=rid, text_delta=event.text, token_ids=event.token_ids
+                    )
+                    if event.finished:
+                        chunk.final.CopyFrom(
+                            self._response(rid, request, "".join(text), tokens, event.status, start)
+                        )
+                    yield chunk
+            status = "ok"
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"
+            log.info("%s: cancelled by the client", rid)
+            raise
+        except _MAPPED as exc:
+            code = STATUS_OF[type(exc)]
+            status = code.name.lower()
+            log.info("%s: %s: %s", rid, code.name, exc)
+            await context.abort(code, f"{exc} (request {rid})")
+        finally:
+            trace = self.core.forget(rid)
+            self._record(rid, status, trace, start, first_at, len(tokens), request)
+
+    def _response(
+        self,
+        rid: str,
+        request: inference_pb2.GenerateRequest,
+        text: str,
+        tokens: list[int],
+        status: RequestStatus,
+        start: float,
+    ) -> inference_pb2.GenerateResponse:
+        trace = self.core.traces.get(rid)
+        req = trace.request if trace is not None else None
+        return pb.GenerateResponse(
+            request_id=rid,
+            text=text,
+            token_ids=tokens,
+            finish_reason=FINISH_REASON.get(status, pb.FINISH_REASON_UNSPECIFIED),
+            route=pb.ROUTE_CLOUD,
+            confidence=0.0,
+            models=pb.ModelVersions(cloud_pack=self.pack_label),
+            usage=pb.Usage(
+                prompt_tokens=len(req.prompt_ids) if req is not None else 0,
+                completion_tokens=len(tokens),
+                draft_tokens=len(request.draft.token_ids),
+                draft_tokens_accepted=req.draft_accepted if req is not None else 0,
+            ),
+            timings=_timings(trace, start),
+        )
+
+    def _record(
+        self,
+        rid: str,
+        status: str,
+        trace: Trace | None,
+        start: float,
+        first_at: float | None,
+        completion_tokens: int,
+        request: inference_pb2.GenerateRequest,
+    ) -> None:
+        e2e = time.monotonic() - start
+        req = trace.request if trace is not None else None
+        queue_s = None
+        if trace is not None and trace.prefill_at is not None and req is not None:
+            queue_s = trace.prefill_at - (req.queued_at or trace.prefill_at)
+        self.metrics.request_finished(
+            status,
+            queue_s=queue_s,
+            ttft_s=None if first_at is None else first_at - start,
+            e2e_s=e2e,
+            prompt_tokens=len(req.prompt_ids) if req is not None else 0,
+            completion_tokens=completion_tokens,
+            draft_tokens=len(request.draft.token_ids),
+            draft_accepted=req.draft_accepted if req is not None else 0,
+        )
+        log.info("%s: %s after %.1f ms, %d tokens", rid, status, e2e * 1e3, completion_tokens)
+
+
+def _timings(trace: Trace | None, start: float) -> list[inference_pb2.StageTiming]:
+    """queue, prefill (to the first token), decode and total, in milliseconds."""
+    stages: list[tuple[str, float]] = []
+    if trace is not None:
+        req, prefill_at = trace.request, trace.prefill_at
+        queued = req.queued_at if req.queued_at is not None else start
+        if prefill_at is not None:
+            stages.append(("queue", prefill_at - queued))
+            if req.first_token_at is not None:
+                stages.append(("prefill", req.first_token_at - prefill_at))
+                end = req.finished_at if req.finished_at is not None else time.monotonic()
+                stages.append(("decode", end - req.first_token_at))
+        elif req.finished_at is not None:
+            stages.append(("queue", req.finished_at - queued))
+    stages.append(("total", time.monotonic() - start))
+    return [pb.StageTiming(stage=name, ms=max(0.0, s) * 1e3) for name, s in stages]

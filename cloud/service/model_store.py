@@ -1,0 +1,164 @@
+"""The ModelStore gRPC service: lists the packs of a folder and streams them, verified, in chunks.
+
+Every ``FetchPack`` first verifies the whole pack with :func:`shared.pack.open_pack`, so a pack
+damaged on the server is refused (``FAILED_PRECONDITION``, naming the file) before one byte is
+sent. The files follow one another in chunks; ``manifest.json`` comes last, so a client that
+has it has everything (see :func:`shared.pack_fetch.fetch_pack`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+import grpc
+
+from shared.pack import MANIFEST, Manifest, PackError, check_name, list_packs, open_pack
+from shared.rpc import model_store_pb2, model_store_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class ModelStoreServicer(model_store_pb2_grpc.ModelStoreServicer):
+    """Serves the packs under ``packs_dir`` (``<packs_dir>/<name>/<version>/``)."""
+
+    def __init__(
+        self,
+        packs_dir: Path,
+        default_chunk_size: int = 256 * 1024,
+        max_chunk_size: int = 1024 * 1024,
+    ) -> None:
+        if not 0 < default_chunk_size <= max_chunk_size:
+            raise ValueError("need 0 < default_chunk_size <= max_chunk_size")
+        self.packs_dir = Path(packs_dir)
+        self.default_chunk_size = default_chunk_size
+        self.max_chunk_size = max_chunk_size
+
+    # -- ListPacks ---------------------------------------------------------------------------
+
+    def _list(self, name: str) -> list[model_store_pb2.PackInfo]:
+        found: list[tuple[Manifest, str]] = []
+        for pack_dir, manifest in list_packs(self.packs_dir):
+            if name and pack_dir.parent.name != name:
+                continue
+            if isinstance(manifest, PackError):
+                log.warning("skipping unreadable pack %s: %s", pack_dir, manifest)
+                continue
+            if (manifest.name, manifest.version) != (pack_dir.parent.name, pack_dir.name):
+                log.warning(
+                    "skipping pack %s: its manifest says %s/%s",
+                    pack_dir,
+                    manifest.name,
+                    manifest.version,
+                )
+                continue
+            try:
+                text = (pack_dir / MANIFEST).read_text()
+            except OSError as exc:
+                log.warning("skipping unreadable pack %s: %s", pack_dir, exc)
+                continue
+            found.append((manifest, text))
+        # Grouped by name; newest first within a name (build time, then version).
+        found.sort(key=lambda mt: (mt[0].created, mt[0].version), reverse=True)
+        found.sort(key=lambda mt: mt[0].name)
+        return [
+            model_store_pb2.PackInfo(
+                name=m.name,
+                version=m.version,
+                manifest_json=text,
+                files=[
+                    model_store_pb2.PackFile(path=rel, sha256=entry.sha256, size=entry.size)
+                    for rel, entry in sorted(m.files.items())
+                ],
+            )
+            for m, text in found
+        ]
+
+    async def ListPacks(
+        self, request: model_store_pb2.ListPacksRequest, context: grpc.aio.ServicerContext
+    ) -> model_store_pb2.ListPacksResponse:
+        packs = await asyncio.to_thread(self._list, request.name)
+        return model_store_pb2.ListPacksResponse(packs=packs)
+
+    # -- FetchPack ---------------------------------------------------------------------------
+
+    async def FetchPack(
+        self, request: model_store_pb2.FetchPackRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_store_pb2.PackChunk]:
+        try:
+            name = check_name("name", request.name)
+            version = check_name("version", request.version)
+        except PackError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if request.chunk_size < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"chunk_size must be >= 0 (0: server default), got {request.chunk_size}",
+            )
+        chunk_size = min(request.chunk_size or self.default_chunk_size, self.max_chunk_size)
+
+        pack_dir = self.packs_dir / name / version
+        if not (pack_dir / MANIFEST).is_file():
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no pack {name}/{version}")
+        pack_dir = pack_dir.resolve()  # `latest` -> the version folder, once for all files
+        try:
+            manifest = await asyncio.to_thread(open_pack, pack_dir)
+        except PackError as exc:
+            reason = str(exc).replace(str(pack_dir), f"{name}/{version}")
+            log.error("refusing to serve damaged pack %s: %s", pack_dir, exc)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
+        manifest_bytes = await asyncio.to_thread((pack_dir / MANIFEST).read_bytes)
+
+        for rel, entry in sorted(manifest.files.items()):
+            async for chunk in self._file_chunks(
+                pack_dir, rel, entry.sha256, entry.size, chunk_size, context
+            ):
+                yield chunk
+        sha = hashlib.sha256(manifest_bytes).hexdigest()
+        size = len(manifest_bytes)
+        offset = 0
+        while True:
+            data = manifest_bytes[offset : offset + chunk_size]
+            last = offset + len(data) >= size
+            yield model_store_pb2.PackChunk(
+                path=MANIFEST, offset=offset, data=data, sha256=sha, size=size, last=last
+            )
+            if last:
+                return
+            offset += len(data)
+
+    async def _file_chunks(
+        self,
+        pack_dir: Path,
+        rel: str,
+        sha256: str,
+        size: int,
+        chunk_size: int,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[model_store_pb2.PackChunk]:
+        """Chunks of one file, read in a worker thread so the event loop stays free."""
+        f: BinaryIO = await asyncio.to_thread((pack_dir / rel).open, "rb")
+        try:
+            offset = 0
+            while True:
+                want = min(chunk_size, size - offset)
+                data = await asyncio.to_thread(f.read, want) if want else b""
+                if len(data) != want:
+                    # The file shrank since open_pack verified it: stop rather than send garbage.
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"file {rel!r} of the pack changed while it was being sent",
+                    )
+                last = offset + want >= size
+                yield model_store_pb2.PackChunk(
+                    path=rel, offset=offset, data=data, sha256=sha256, size=size, last=last
+                )
+                if last:
+                    return
+                offset += want
+        finally:
+            f.close()

@@ -1,0 +1,159 @@
+"""``serve()``: the cloud's gRPC server, from settings to a drained shutdown.
+
+Startup: check auth settings, open and verify the pack, load the full model, start the engine
+thread, then the gRPC server (Inference, ModelStore, health, reflection). Shutdown on SIGTERM or
+SIGINT: health goes NOT_SERVING, new calls get UNAVAILABLE, running requests get
+``drain_grace_s`` to finish, and ``server.stop`` runs in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cloud.engine import AsyncEngine
+from cloud.service.auth import BearerAuthInterceptor
+from cloud.service.inference import InferenceServicer, TracedEngineCore
+from cloud.service.metrics import ServiceMetrics
+from cloud.service.model_store import ModelStoreServicer
+from cloud.toolkit import weights
+from shared.pack import open_pack
+from shared.rpc import inference_pb2, inference_pb2_grpc, model_store_pb2, model_store_pb2_grpc
+from shared.settings.cloud import CloudSettings, ServerTLSSettings
+from shared.tokenizer import tokenizer_from_spec
+
+log = logging.getLogger(__name__)
+
+INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+MODEL_STORE = model_store_pb2.DESCRIPTOR.services_by_name["ModelStore"].full_name
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Seconds the server keeps open after the engine drained, to send the last answers.
+STOP_GRACE_S = 2.0
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def pick_device(wanted: str) -> str:
+    """``cuda`` when asked for, or when ``auto`` and a GPU is present; else ``cpu``."""
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def _credentials(tls: ServerTLSSettings) -> grpc.ServerCredentials | None:
+    if tls.cert_file is None or tls.key_file is None:
+        return None
+    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+class ServeError(RuntimeError):
+    """The server cannot start (e.g. the address cannot be bound)."""
+
+
+def _bind(server: grpc.aio.Server, listen: str, tls: ServerTLSSettings) -> str:
+    """Open the port; returns the address actually bound (port 0 becomes the real port)."""
+    try:
+        creds = _credentials(tls)
+        if creds is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, creds)
+    except OSError as exc:  # a certificate or key file that cannot be read
+        raise ServeError(f"TLS: {exc}") from None
+    except RuntimeError as exc:  # grpc reports a failed bind this way
+        raise ServeError(f"cannot listen on {listen}: {exc}") from None
+    if creds is None:
+        host = listen.rsplit(":", 1)[0]
+        if not listen.startswith("unix:") and host not in _LOOPBACK:
+            log.warning("serving WITHOUT TLS on %s: set [tls] cert_file and key_file", listen)
+    else:
+        mode = "mutual TLS" if tls.client_ca_file is not None else "TLS"
+        log.info("serving with %s", mode)
+    if listen.startswith("unix:"):
+        return listen
+    return f"{listen.rsplit(':', 1)[0]}:{port}"
+
+
+async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the cloud service until SIGTERM/SIGINT, then drain and stop.
+
+    Raises AuthConfigError (auth not set up), PackError (pack missing or corrupt) or ServeError
+    (address not usable) before anything listens. ``on_ready`` gets the bound address once the
+    server accepts calls.
+    """
+    auth = BearerAuthInterceptor.from_settings(settings.tokens_file, settings.auth_disabled)
+    pack_dir = Path(settings.pack).resolve()
+    manifest = open_pack(pack_dir)
+    label = f"{manifest.name}/{manifest.version}"
+    device = pick_device(settings.device)
+    log.info("loading the full model of pack %s on %s (device=%s)", label, device, settings.device)
+    model = weights.load(pack_dir / manifest.full.weights, manifest.full.config, device)
+    tokenizer = tokenizer_from_spec(json.loads((pack_dir / manifest.tokenizer).read_text()))
+
+    metrics = ServiceMetrics()
+    core = TracedEngineCore(model, tokenizer, settings.engine, device=device, metrics=metrics)
+    engine = AsyncEngine(core)
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[auth],
+        options=[
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing
+        ],
+    )
+    inference_pb2_grpc.add_InferenceServicer_to_server(
+        InferenceServicer(engine, core, label, metrics), server
+    )
+    model_store_pb2_grpc.add_ModelStoreServicer_to_server(
+        ModelStoreServicer(Path(settings.packs_dir)), server
+    )
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (INFERENCE, MODEL_STORE, HEALTH, reflection.SERVICE_NAME), server
+    )
+    address = _bind(server, settings.listen, settings.tls)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            log.debug("cannot handle %s here", sig.name)
+
+    engine.start()
+    try:
+        await server.start()
+        for name in ("", INFERENCE, MODEL_STORE):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if settings.metrics_port > 0:
+            metrics.start_http(settings.metrics_port)
+            log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+        log.info("serving pack %s on %s", label, address)
+        if on_ready is not None:
+            on_ready(address)
+        await stop.wait()
+        log.info("shutting down: draining for up to %.1f s", settings.drain_grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        await engine.drain(settings.drain_grace_s)
+        log.info("engine drained")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop(STOP_GRACE_S)
+        log.info("server stopped")
