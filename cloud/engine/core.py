@@ -25,6 +25,7 @@ streamed text) stop just before it, while ``output_ids`` keep every generated to
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -37,7 +38,7 @@ from cloud.engine.request import (
     SamplingParams,
     validate_request,
 )
-from cloud.engine.scheduler import Scheduler
+from cloud.engine.scheduler import Scheduler, SchedulerOutput
 from cloud.toolkit.model import GPT
 from shared.settings.cloud import EngineSettings
 from shared.tokenizer import Tokenizer
@@ -52,6 +53,8 @@ class TokenEvent:
     token_probs: list[float] = field(default_factory=list)
     text: str = ""  # newly completed text (held back while it may be the start of a stop string)
     status: RequestStatus = RequestStatus.RUNNING
+    # On the final event only: the finished request (usage, timings); the engine is done with it.
+    request: Request | None = None
 
     @property
     def finished(self) -> bool:
@@ -69,7 +72,9 @@ class EngineCore:
         *,
         device: str | torch.device = "cpu",
         max_prefill_tokens_per_step: int = 512,
+        observer: Callable[[SchedulerOutput, Scheduler], None] | None = None,
     ) -> None:
+        """``observer`` sees every step's schedule (the service feeds its metrics from it)."""
         self.settings = settings or EngineSettings()
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -80,6 +85,7 @@ class EngineCore:
             max_prefill_tokens_per_step=max_prefill_tokens_per_step,
             batching=self.settings.batching,
         )
+        self.observer = observer
         self.num_steps = 0
 
     def add_request(
@@ -124,7 +130,11 @@ class EngineCore:
         """One iteration: schedule, one batched forward, sample, update states, emit events."""
         now = time.monotonic()
         sched = self.scheduler.schedule(now)
-        events = [TokenEvent(r.request_id, [], status=r.status) for r in sched.finished]
+        if self.observer is not None:
+            self.observer(sched, self.scheduler)
+        for req in sched.prefill:
+            req.prefill_at = now
+        events = [TokenEvent(r.request_id, [], status=r.status, request=r) for r in sched.finished]
         rows = sched.prefill + sched.decode
         if not rows:
             return events
@@ -243,7 +253,8 @@ class EngineCore:
         else:
             ready = req.text[: len(req.text) - self._held_back(req)]
         delta, req.emitted_text = ready[len(req.emitted_text) :], ready
-        return TokenEvent(req.request_id, new, probs[:used], delta, req.status)
+        final = req if req.is_finished else None
+        return TokenEvent(req.request_id, new, probs[:used], delta, req.status, final)
 
     @staticmethod
     def _cut_at_stop(req: Request) -> bool:

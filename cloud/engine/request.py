@@ -108,6 +108,7 @@ class Request:
     draft_tokens: int = 0  # draft tokens verified (0 when the draft was ignored)
     draft_accepted: int = 0  # of those, accepted = decode steps saved
     queued_at: float | None = None
+    prefill_at: float | None = None  # start of the step that ran its prefill
     first_token_at: float | None = None
     finished_at: float | None = None
 

@@ -13,14 +13,12 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
 
 from cloud.engine import (
     AsyncEngine,
-    EngineCore,
     EngineStopped,
     InvalidRequest,
     QueueFull,
@@ -60,60 +58,15 @@ FINISH_REASON = {
 }
 
 
-@dataclass
-class Trace:
-    """What the servicer reads of a request once it finished (the engine thread wrote it)."""
+def metrics_observer(metrics: ServiceMetrics) -> Callable[[SchedulerOutput, Scheduler], None]:
+    """An EngineCore observer that feeds the queue gauges and the batch-size histogram."""
 
-    request: Request
-    prefill_at: float | None = None  # start of the step that ran its prefill
+    def observe(out: SchedulerOutput, scheduler: Scheduler) -> None:
+        metrics.set_queue(len(scheduler.running), scheduler.num_waiting)
+        if out.prefill or out.decode:
+            metrics.observe_batch(len(out.prefill) + len(out.decode))
 
-
-class TracedEngineCore(EngineCore):
-    """EngineCore that keeps each live request's timings for the answer and the metrics."""
-
-    def __init__(self, *args: Any, metrics: ServiceMetrics | None = None, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.traces: dict[str, Trace] = {}
-        self.metrics = metrics
-        old = self.scheduler
-        self.scheduler = _TracingScheduler(
-            self._on_schedule,
-            old.max_running,
-            old.max_waiting,
-            max_prefill_tokens_per_step=old.max_prefill_tokens,
-        )
-
-    def add_request(self, request_id: str, prompt: str | list[int], *a: Any, **kw: Any) -> Request:
-        req = super().add_request(request_id, prompt, *a, **kw)
-        self.traces[request_id] = Trace(req)
-        return req
-
-    def forget(self, request_id: str) -> Trace | None:
-        """Drop (and return) a request's trace; called by the servicer when the call ends."""
-        return self.traces.pop(request_id, None)
-
-    def _on_schedule(self, out: SchedulerOutput, now: float) -> None:
-        for req in out.prefill:
-            trace = self.traces.get(req.request_id)
-            if trace is not None:
-                trace.prefill_at = now
-        if self.metrics is not None:
-            self.metrics.set_queue(len(self.scheduler.running), self.scheduler.num_waiting)
-            if out.prefill or out.decode:
-                self.metrics.observe_batch(len(out.prefill) + len(out.decode))
-
-
-class _TracingScheduler(Scheduler):
-    def __init__(
-        self, hook: Callable[[SchedulerOutput, float], None], *args: Any, **kw: Any
-    ) -> None:
-        super().__init__(*args, **kw)
-        self._hook = hook
-
-    def schedule(self, now: float) -> SchedulerOutput:
-        out = super().schedule(now)
-        self._hook(out, now)
-        return out
+    return observe
 
 
 def sampling_from_wire(s: inference_pb2.SamplingParams) -> SamplingParams:
@@ -130,15 +83,8 @@ def sampling_from_wire(s: inference_pb2.SamplingParams) -> SamplingParams:
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     """Serves Generate and GenerateStream from the AsyncEngine."""
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        core: TracedEngineCore,
-        pack_label: str,
-        metrics: ServiceMetrics,
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, pack_label: str, metrics: ServiceMetrics) -> None:
         self.engine = engine
-        self.core = core
         self.pack_label = pack_label
         self.metrics = metrics
 
@@ -169,6 +115,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         tokens: list[int] = []
         text: list[str] = []
         first_at: float | None = None
+        done: Request | None = None  # the finished request, from the final event
         self.metrics.request_started()
         try:
             if not request.prompt:
@@ -206,8 +153,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                         request_id=rid, text_delta=event.text, token_ids=event.token_ids
                     )
                     if event.finished:
+                        done = event.request
                         chunk.final.CopyFrom(
-                            self._response(rid, request, "".join(text), tokens, event.status, start)
+                            self._response(rid, request, "".join(text), tokens, done, start)
                         )
                     yield chunk
             status = "ok"
@@ -221,8 +169,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             log.info("%s: %s: %s", rid, code.name, exc)
             await context.abort(code, f"{exc} (request {rid})")
         finally:
-            trace = self.core.forget(rid)
-            self._record(rid, status, trace, start, first_at, len(tokens), request)
+            self._record(rid, status, done, start, first_at, len(tokens), request)
 
     def _response(
         self,
@@ -230,11 +177,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         request: inference_pb2.GenerateRequest,
         text: str,
         tokens: list[int],
-        status: RequestStatus,
+        req: Request | None,
         start: float,
     ) -> inference_pb2.GenerateResponse:
-        trace = self.core.traces.get(rid)
-        req = trace.request if trace is not None else None
+        status = req.status if req is not None else RequestStatus.FINISHED_ABORTED
         return pb.GenerateResponse(
             request_id=rid,
             text=text,
@@ -249,24 +195,23 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 draft_tokens=len(request.draft.token_ids),
                 draft_tokens_accepted=req.draft_accepted if req is not None else 0,
             ),
-            timings=_timings(trace, start),
+            timings=_timings(req, start),
         )
 
     def _record(
         self,
         rid: str,
         status: str,
-        trace: Trace | None,
+        req: Request | None,
         start: float,
         first_at: float | None,
         completion_tokens: int,
         request: inference_pb2.GenerateRequest,
     ) -> None:
         e2e = time.monotonic() - start
-        req = trace.request if trace is not None else None
         queue_s = None
-        if trace is not None and trace.prefill_at is not None and req is not None:
-            queue_s = trace.prefill_at - (req.queued_at or trace.prefill_at)
+        if req is not None and req.prefill_at is not None:
+            queue_s = req.prefill_at - (req.queued_at or req.prefill_at)
         self.metrics.request_finished(
             status,
             queue_s=queue_s,
@@ -280,11 +225,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         log.info("%s: %s after %.1f ms, %d tokens", rid, status, e2e * 1e3, completion_tokens)
 
 
-def _timings(trace: Trace | None, start: float) -> list[inference_pb2.StageTiming]:
+def _timings(req: Request | None, start: float) -> list[inference_pb2.StageTiming]:
     """queue, prefill (to the first token), decode and total, in milliseconds."""
     stages: list[tuple[str, float]] = []
-    if trace is not None:
-        req, prefill_at = trace.request, trace.prefill_at
+    if req is not None:
+        prefill_at = req.prefill_at
         queued = req.queued_at if req.queued_at is not None else start
         if prefill_at is not None:
             stages.append(("queue", prefill_at - queued))

@@ -20,9 +20,9 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cloud.engine import AsyncEngine
+from cloud.engine import AsyncEngine, EngineCore
 from cloud.service.auth import BearerAuthInterceptor
-from cloud.service.inference import InferenceServicer, TracedEngineCore
+from cloud.service.inference import InferenceServicer, metrics_observer
 from cloud.service.metrics import ServiceMetrics
 from cloud.service.model_store import ModelStoreServicer
 from cloud.toolkit import weights
@@ -104,8 +104,10 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
     tokenizer = tokenizer_from_spec(json.loads((pack_dir / manifest.tokenizer).read_text()))
 
     metrics = ServiceMetrics()
-    core = TracedEngineCore(model, tokenizer, settings.engine, device=device, metrics=metrics)
-    engine = AsyncEngine(core)
+    observer = metrics_observer(metrics)
+    engine = AsyncEngine(
+        EngineCore(model, tokenizer, settings.engine, device=device, observer=observer)
+    )
     limit = settings.max_message_bytes
     server = grpc.aio.server(
         interceptors=[auth],
@@ -116,7 +118,7 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
         ],
     )
     inference_pb2_grpc.add_InferenceServicer_to_server(
-        InferenceServicer(engine, core, label, metrics), server
+        InferenceServicer(engine, label, metrics), server
     )
     model_store_pb2_grpc.add_ModelStoreServicer_to_server(
         ModelStoreServicer(Path(settings.packs_dir)), server

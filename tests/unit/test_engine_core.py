@@ -155,3 +155,28 @@ def test_stop_string_ends_generation_and_is_cut_from_text(
     assert req.status == RequestStatus.FINISHED_STOP
     assert req.text == streamed == full[: full.find(stop)]
     assert len(req.output_ids) < MAX_NEW
+
+
+def test_final_event_carries_the_request_and_observer_sees_every_step(model: GPT) -> None:
+    """Only the last event of a request carries it, with its timings; the observer sees each
+    step's schedule, including the batch of requests admitted together."""
+    seen: list[int] = []
+    core = EngineCore(
+        model,
+        TOK,
+        EngineSettings(max_batch_size=4),
+        observer=lambda out, sched: seen.append(len(out.prefill) + len(out.decode)),
+    )
+    for i, p in enumerate(PROMPTS[:3]):
+        core.add_request(f"r{i}", p, SamplingParams(MAX_NEW))
+    events = [e for step in run_all(core) for e in step]
+    finals = [e for e in events if e.finished]
+    assert sorted(e.request_id for e in finals) == ["r0", "r1", "r2"]
+    assert all(e.request is None for e in events if not e.finished)
+    for e in finals:
+        req = e.request
+        assert req is not None and req.request_id == e.request_id
+        assert req.queued_at is not None and req.prefill_at is not None
+        assert req.first_token_at is not None and req.finished_at is not None
+        assert req.queued_at <= req.prefill_at <= req.first_token_at <= req.finished_at
+    assert seen[0] == 3 and len(seen) == core.num_steps
