@@ -1,7 +1,10 @@
 """The engine core: owns the model and runs ``step()`` = schedule -> forward -> sample -> update.
 
-One step is ONE batched forward over every scheduled row: prefill rows of newly admitted requests
-(prompt, plus the edge's draft when there is one) and one-token decode rows of running requests.
+One step runs every scheduled row: the prefill rows of newly admitted requests (prompt, plus the
+edge's draft when there is one) as one batched forward, and the one-token decode rows of running
+requests as another. Two forwards rather than one padded batch: in one batch every decode row
+would compute as many columns as the longest prompt (measured with `autoglm bench cloud`: 16
+streams went from 2.9x to the figure in docs/benchmarks.md).
 
 KV cache: each request keeps its own cache (``Request.kv``, only real tokens, no padding). To batch,
 the step builds a key/value sequence per row as ``[past, left-padded to the longest past P][new
@@ -127,7 +130,7 @@ class EngineCore:
 
     @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
-        """One iteration: schedule, one batched forward, sample, update states, emit events."""
+        """One iteration: schedule, batched forward(s), sample, update states, emit events."""
         now = time.monotonic()
         sched = self.scheduler.schedule(now)
         if self.observer is not None:
@@ -135,22 +138,29 @@ class EngineCore:
         for req in sched.prefill:
             req.prefill_at = now
         events = [TokenEvent(r.request_id, [], status=r.status, request=r) for r in sched.finished]
-        rows = sched.prefill + sched.decode
-        if not rows:
+        if not (sched.prefill or sched.decode):
             return events
         self.num_steps += 1
-        new_ids = [r.prompt_ids + r.draft_ids for r in sched.prefill]
-        new_ids += [[r.output_ids[-1]] for r in sched.decode]
-        n_logits = [len(r.draft_ids) + 1 for r in sched.prefill] + [1] * len(sched.decode)
-        logits, caches = self._forward(rows, new_ids, n_logits)
-        now = time.monotonic()
-        for req, row_logits, kv in zip(rows, logits, caches, strict=True):
-            req.kv = kv
-            tokens, probs = self._sample(req, row_logits)
-            events.append(self._update(req, tokens, probs, now))
-            if req.is_finished:
-                req.kv = None
-                self.scheduler.finish(req)
+        batches = (
+            (
+                sched.prefill,
+                [r.prompt_ids + r.draft_ids for r in sched.prefill],
+                [len(r.draft_ids) + 1 for r in sched.prefill],
+            ),
+            (sched.decode, [[r.output_ids[-1]] for r in sched.decode], [1] * len(sched.decode)),
+        )
+        for rows, new_ids, n_logits in batches:
+            if not rows:
+                continue
+            logits, caches = self._forward(rows, new_ids, n_logits)
+            now = time.monotonic()
+            for req, row_logits, kv in zip(rows, logits, caches, strict=True):
+                req.kv = kv
+                tokens, probs = self._sample(req, row_logits)
+                events.append(self._update(req, tokens, probs, now))
+                if req.is_finished:
+                    req.kv = None
+                    self.scheduler.finish(req)
         return events
 
     def _forward(
@@ -184,9 +194,13 @@ class EngineCore:
         out, presents = self.model(ids.to(dev), mask.to(dev), pos.to(dev), past)  # [B, T, V]
         logits = [out[i, T - m :] for i, m in enumerate(n_logits)]  # [m, V] each
         caches: list[list[KV]] = []
-        for i in range(B):
-            keep = mask[i].nonzero().squeeze(1).to(dev)  # real columns of row i
-            caches.append([(k[i : i + 1, :, keep], v[i : i + 1, :, keep]) for k, v in presents])
+        for i, (r, new) in enumerate(zip(rows, new_ids, strict=True)):
+            L, n = r.cache_len, len(new)
+            if L == 0 or n == T:  # real columns are one run: slice (a view), no gather
+                cols: slice | torch.Tensor = slice(P + T - n - L, P + T)
+            else:
+                cols = mask[i].nonzero().squeeze(1).to(dev)
+            caches.append([(k[i : i + 1, :, cols], v[i : i + 1, :, cols]) for k, v in presents])
         return logits, caches
 
     def _sample(self, req: Request, logits: torch.Tensor) -> tuple[list[int], list[float]]:
