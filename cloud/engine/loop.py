@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from cloud.engine.core import EngineCore, TokenEvent
+from cloud.engine.scheduler import QueueFull
 
 
 class EngineStopped(RuntimeError):
@@ -34,6 +35,12 @@ class AsyncEngine:
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}  # engine thread only
         self._accepting = True
+        # Requests submitted and not yet finished, counted on the event loop's thread: when they
+        # fill every running slot and the waiting queue, a new one is refused here at once
+        # instead of after a trip through the engine thread (which waits for the current step).
+        self._in_flight = 0
+        sched = core.scheduler
+        self._capacity = sched.max_running + sched.max_waiting
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine-core", daemon=True)
 
@@ -47,20 +54,29 @@ class AsyncEngine:
         are raised here); leaving the iteration early aborts the request."""
         if not self._accepting:
             raise EngineStopped("engine is draining")
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[TokenEvent] = asyncio.Queue()
-        admitted: Future[None] = Future()
-        self._inbox.put(("add", request_id, prompt, kw, (loop, events), admitted))
-        await asyncio.wrap_future(admitted)
-        finished = False
+        if self._in_flight >= self._capacity:
+            raise QueueFull(
+                f"{self._in_flight} requests in flight fill {self.core.scheduler.max_running} "
+                f"running slots and {self.core.scheduler.max_waiting} waiting places"
+            )
+        self._in_flight += 1
         try:
-            while not finished:
-                event = await events.get()
-                finished = event.finished
-                yield event
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+            admitted: Future[None] = Future()
+            self._inbox.put(("add", request_id, prompt, kw, (loop, events), admitted))
+            await asyncio.wrap_future(admitted)
+            finished = False
+            try:
+                while not finished:
+                    event = await events.get()
+                    finished = event.finished
+                    yield event
+            finally:
+                if not finished:
+                    self.abort(request_id)
         finally:
-            if not finished:
-                self.abort(request_id)
+            self._in_flight -= 1
 
     def abort(self, request_id: str) -> None:
         """The client went away: the request leaves the batch at the next step."""

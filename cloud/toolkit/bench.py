@@ -20,6 +20,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     for name, help_text in (
         ("train", "training and distillation step time, fp32 vs bf16 autocast"),
         ("cloud", "engine tokens/s, TTFT, inter-token latency with and without batching; drafts"),
+        (
+            "overload",
+            "the real server flooded with 10x its queue bound: time to RESOURCE_EXHAUSTED",
+        ),
         ("all", "every benchmark above"),
     ):
         b = sub.add_parser(name, help=help_text)
@@ -30,10 +34,13 @@ def register(parser: argparse.ArgumentParser) -> None:
                 "--steps", type=int, default=20, help="train: steps per variant and round"
             )
             b.add_argument("--rounds", type=int, default=3, help="train: interleaved rounds")
+        if name in ("cloud", "overload", "all"):
+            b.add_argument("--pack", type=Path, default=Path("packs/demo/latest"), help="pack")
+        if name in ("overload", "all"):
+            b.add_argument("--queue-bound", type=int, default=16, help="overload: max_waiting")
+            b.add_argument("--factor", type=int, default=10, help="overload: requests per bound")
+            b.add_argument("--max-batch", type=int, default=4, help="overload: max_batch_size")
         if name in ("cloud", "all"):
-            b.add_argument(
-                "--pack", type=Path, default=Path("packs/demo/latest"), help="cloud: pack"
-            )
             b.add_argument("--levels", default="1,4,16,32", help="cloud: concurrent streams")
             b.add_argument("--per-stream", type=int, default=8, help="cloud: requests per stream")
             b.add_argument(
@@ -153,9 +160,33 @@ def _run_cloud(args: argparse.Namespace) -> None:
     _write(args, "cloud", result)
 
 
+def _run_overload(args: argparse.Namespace) -> None:
+    from cloud.service.bench import bench_overload
+
+    r = bench_overload(args.pack, args.queue_bound, args.factor, args.max_batch)
+    print(
+        f"server on {r['pack']}: queue bound {r['queue_bound']}, max batch {r['max_batch_size']};"
+        f" 3 floods of {args.factor}x the bound at once"
+    )
+    print(
+        f"  {r['requests']} requests: {r['ok']} answered, {r['resource_exhausted']} "
+        f"RESOURCE_EXHAUSTED, other errors: {r['other_errors'] or 'none'}"
+    )
+    if r["exhausted_p99_ms"] is not None:
+        print(
+            f"  time to RESOURCE_EXHAUSTED: p50 {r['exhausted_p50_ms']:.1f} ms, "
+            f"p99 {r['exhausted_p99_ms']:.1f} ms"
+        )
+    rss = f"{r['rss_before_mb']:.0f} MB before, {r['rss_after_mb']:.0f} MB after"
+    print(f"  server memory (RSS): {rss}")
+    _write(args, "overload", r)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.bench in ("train", "all"):
         _run_train(args)
     if args.bench in ("cloud", "all"):
         _run_cloud(args)
+    if args.bench in ("overload", "all"):
+        _run_overload(args)
     return 0

@@ -49,3 +49,30 @@ def test_bench_cloud_compares_batching_and_counts_draft_savings(
     d = result["drafts"]
     assert d["decode_steps_saved_mean"] == pytest.approx(d["draft_tokens_accepted_mean"])
     assert "batching speed-up" in capsys.readouterr().out
+
+
+def test_bench_overload_refuses_what_does_not_fit(
+    quick_pack: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Flooding a real server with 5x its queue bound: the overflow gets RESOURCE_EXHAUSTED,
+    nothing gets another error."""
+    argv = [
+        "bench",
+        "overload",
+        "--pack",
+        str(quick_pack),
+        "--queue-bound",
+        "2",
+        "--factor",
+        "5",
+        "--max-batch",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    r = json.loads((tmp_path / "overload.json").read_text())
+    assert r["requests"] == 3 * 10 and r["other_errors"] == []
+    assert r["ok"] >= 3 and r["resource_exhausted"] >= 1
+    assert r["ok"] + r["resource_exhausted"] == r["requests"]
+    assert "RESOURCE_EXHAUSTED" in capsys.readouterr().out

@@ -1,0 +1,93 @@
+"""``autoglm bench overload``: the real server flooded with ``factor`` x its queue bound at once.
+
+The server is started as an operator would start it (``autoglm cloud serve``, on loopback, with a
+small engine), then every request is sent at the same moment. What the issue asks of admission
+control: the requests that do not fit are refused with RESOURCE_EXHAUSTED at once (p99 of the
+time to that answer), the others are answered, and the server's memory stays bounded (resident
+set size before and after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from cloud.service.process import CloudServer
+from shared.rpc import inference_pb2, inference_pb2_grpc
+
+_TOKEN = "bench-overload-token"
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _flood(address: str, n: int, max_new: int) -> list[tuple[str, float]]:
+    """Send ``n`` requests at once; (status code name, seconds to the answer) for each."""
+    auth = (("authorization", f"Bearer {_TOKEN}"),)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        await channel.channel_ready()
+
+        async def one(i: int) -> tuple[str, float]:
+            req = inference_pb2.GenerateRequest(
+                request_id=f"flood-{i}",
+                prompt="rev abcdefg=",
+                sampling=inference_pb2.SamplingParams(max_new_tokens=max_new),
+            )
+            t0 = time.perf_counter()
+            try:
+                await stub.Generate(req, metadata=auth, timeout=60)
+                code = "OK"
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+            return code, time.perf_counter() - t0
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def bench_overload(pack: Path, max_waiting: int, factor: int, max_batch: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="autoglm-bench-") as tmp:
+        tokens = Path(tmp) / "tokens"
+        tokens.write_text(_TOKEN + "\n")
+        env = {
+            "AUTOGLM_CLOUD_ENGINE__MAX_WAITING": str(max_waiting),
+            "AUTOGLM_CLOUD_ENGINE__MAX_BATCH_SIZE": str(max_batch),
+        }
+        server = CloudServer(pack, Path(tmp), args=["--tokens-file", str(tokens)], env=env)
+        try:
+            server.wait_serving()
+            rss_before = _rss_mb(server.proc.pid)
+            results = []
+            for _ in range(3):  # three floods: memory must not grow from one to the next
+                results += asyncio.run(_flood(server.address, factor * max_waiting, 16))
+            rss_after = _rss_mb(server.proc.pid)
+        finally:
+            server.stop()
+    exhausted = [t for code, t in results if code == "RESOURCE_EXHAUSTED"]
+    ok = [t for code, t in results if code == "OK"]
+    other = sorted({code for code, _ in results} - {"OK", "RESOURCE_EXHAUSTED"})
+    return {
+        "bench": "overload",
+        "pack": str(pack),
+        "queue_bound": max_waiting,
+        "max_batch_size": max_batch,
+        "requests": len(results),
+        "ok": len(ok),
+        "resource_exhausted": len(exhausted),
+        "other_errors": other,
+        "exhausted_p50_ms": 1000 * float(np.percentile(exhausted, 50)) if exhausted else None,
+        "exhausted_p99_ms": 1000 * float(np.percentile(exhausted, 99)) if exhausted else None,
+        "ok_p50_ms": 1000 * float(np.percentile(ok, 50)) if ok else None,
+        "rss_before_mb": rss_before,
+        "rss_after_mb": rss_after,
+    }
