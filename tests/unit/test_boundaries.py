@@ -30,6 +30,7 @@ def _run(code: str, blocked: tuple[str, ...]) -> subprocess.CompletedProcess[str
     [
         "shared.tokenizer",
         "shared.pack",
+        "shared.pack_fetch",
         "shared.routing",
         "shared.settings",
         "shared.rpc",
