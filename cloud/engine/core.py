@@ -103,10 +103,11 @@ class EngineCore:
     ) -> Request:
         """Validate and queue a request; raises InvalidRequest or QueueFull."""
         params = params or SamplingParams()
-        if params.max_new_tokens == 0:
-            params.max_new_tokens = self.settings.default_max_new_tokens
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         cfg = self.model.cfg
+        if params.max_new_tokens == 0:  # the default, cut to the room the context leaves
+            room = cfg.block_size - len(ids)
+            params.max_new_tokens = max(1, min(self.settings.default_max_new_tokens, room))
         validate_request(
             ids,
             params,

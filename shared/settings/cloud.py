@@ -57,7 +57,10 @@ class EngineSettings(Section):
         description="Largest max_new_tokens a request may ask for (INVALID_ARGUMENT beyond).",
     )
     default_max_new_tokens: int = Field(
-        default=64, ge=1, le=100_000, description="max_new_tokens of requests that leave it 0."
+        default=64,
+        ge=1,
+        le=100_000,
+        description="max_new_tokens of requests that leave it 0 (cut to the room the context leaves).",
     )
     batching: bool = Field(
         default=True,

@@ -130,11 +130,14 @@ def test_invalid_parameters_raise_invalid_request(
 
 
 def test_engine_rejects_bad_draft_and_applies_default_max_new(model: GPT) -> None:
-    """The engine validates drafts and turns max_new_tokens 0 into the default."""
+    """The engine validates drafts and turns max_new_tokens 0 into the default, cut to the
+    room the context leaves."""
     core = EngineCore(model, TOK, EngineSettings(default_max_new_tokens=5))
     with pytest.raises(InvalidRequest, match="draft"):
         core.add_request("r", "hi", draft_ids=[999])
     assert core.add_request("ok", "hi").params.max_new_tokens == 5
+    long_prompt = "x" * (model.cfg.block_size - 3)  # BOS + prompt leave 2 positions
+    assert core.add_request("fit", long_prompt).params.max_new_tokens == 2
 
 
 def test_status_order_makes_is_finished_a_comparison() -> None:
