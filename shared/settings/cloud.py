@@ -60,7 +60,7 @@ class EngineSettings(Section):
         default=64,
         ge=1,
         le=100_000,
-        description="max_new_tokens of requests that leave it 0 (cut to the room the context leaves).",
+        description="max_new_tokens of requests that leave it 0 (cut to what the context has left).",
     )
     batching: bool = Field(
         default=True,
