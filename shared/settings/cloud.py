@@ -60,7 +60,7 @@ class EngineSettings(Section):
         default=64,
         ge=1,
         le=100_000,
-        description="max_new_tokens of requests that leave it 0 (cut to what the context has left).",
+        description="max_new_tokens when a request leaves it 0 (cut to the context left).",
     )
     batching: bool = Field(
         default=True,
