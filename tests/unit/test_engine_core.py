@@ -122,9 +122,11 @@ def test_correct_draft_saves_decode_steps(model: GPT, reference: dict[str, list[
 def test_draft_is_ignored_when_sampling(model: GPT) -> None:
     """With temperature > 0 the draft is not verified."""
     core = make_core(model)
-    req = core.add_request("r", "hi", SamplingParams(MAX_NEW, temperature=1.0), draft_ids=[1, 2])
+    params = SamplingParams(MAX_NEW, temperature=1.0, seed=0)
+    req = core.add_request("r", "hi", params, draft_ids=[1, 2])
     run_all(core)
-    assert (req.draft_tokens, req.draft_accepted, req.num_generated) == (0, 0, MAX_NEW)
+    assert (req.draft_tokens, req.draft_accepted) == (0, 0)
+    assert req.is_finished and req.num_generated >= 1  # a sampled EOS may end it early
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
