@@ -35,15 +35,50 @@ def _missing_extra(group: str, exc: ModuleNotFoundError) -> int:
     return 2
 
 
+def setup_logging(fmt: str, level: int) -> None:
+    """Text for people, or JSON lines for log shippers (fields passed as ``extra=`` included)."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON object per line (time, level, logger, message, request_id, ...)",
+    )
+
+
+def _group_named(argv: Sequence[str]) -> str | None:
+    """The subcommand group in ``argv``, past the global options and their values."""
+    pre = argparse.ArgumentParser(add_help=False)
+    _add_global_options(pre)
+    _, rest = pre.parse_known_args(argv)
+    return next((a for a in rest if not a.startswith("-")), None)
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The parser, with the subcommands of the group named in ``argv`` registered.
 
     Raises ModuleNotFoundError when that group needs a package this install lacks.
     """
     parser = argparse.ArgumentParser(prog="autoglm", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_global_options(parser)
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = _group_named(argv)
     for name, (module, help_text) in GROUPS.items():
         sub = groups.add_parser(name, help=help_text)
         if name == chosen:  # import only the group that runs
@@ -56,12 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(argv)
     except ModuleNotFoundError as exc:
-        return _missing_extra(next(a for a in argv if not a.startswith("-")), exc)
+        return _missing_extra(_group_named(argv) or "", exc)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

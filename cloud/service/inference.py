@@ -133,6 +133,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 len(request.prompt),
                 len(kwargs["draft_ids"]),
                 request.device_id,
+                extra={"request_id": rid, "device_id": request.device_id},
             )
             last_at = start
             submitted = self.engine.submit(rid, request.prompt, **kwargs)
@@ -161,12 +162,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             status = "ok"
         except (asyncio.CancelledError, GeneratorExit):
             status = "cancelled"
-            log.info("%s: cancelled by the client", rid)
+            log.info("%s: cancelled by the client", rid, extra={"request_id": rid})
             raise
         except _MAPPED as exc:
             code = STATUS_OF[type(exc)]
             status = code.name.lower()
-            log.info("%s: %s: %s", rid, code.name, exc)
+            log.info(
+                "%s: %s: %s", rid, code.name, exc, extra={"request_id": rid, "code": code.name}
+            )
             await context.abort(code, f"{exc} (request {rid})")
         finally:
             self._record(rid, status, done, start, first_at, len(tokens), request)
@@ -222,7 +225,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             draft_tokens=len(request.draft.token_ids),
             draft_accepted=req.draft_accepted if req is not None else 0,
         )
-        log.info("%s: %s after %.1f ms, %d tokens", rid, status, e2e * 1e3, completion_tokens)
+        log.info(
+            "%s: %s after %.1f ms, %d tokens",
+            rid,
+            status,
+            e2e * 1e3,
+            completion_tokens,
+            extra={
+                "request_id": rid,
+                "status": status,
+                "e2e_ms": round(e2e * 1e3, 2),
+                "completion_tokens": completion_tokens,
+            },
+        )
 
 
 def _timings(req: Request | None, start: float) -> list[inference_pb2.StageTiming]:

@@ -40,12 +40,13 @@ class CloudServer:
         *,
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        cli_args: Sequence[str] = (),  # before the subcommand, e.g. ("--log-format", "json")
         channel_factory: ChannelFactory = grpc.insecure_channel,
     ) -> None:
         self.address = f"127.0.0.1:{free_port()}"
         self.log_path = workdir / f"server-{self.address.rsplit(':', 1)[1]}.log"
         self._channel_factory = channel_factory
-        cmd = [sys.executable, "-m", "shared.cli", "cloud", "serve", "--pack", str(pack)]
+        cmd = [sys.executable, "-m", "shared.cli", *cli_args, "cloud", "serve", "--pack", str(pack)]
         cmd += ["--listen", self.address, "--device", "cpu", *args]
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
