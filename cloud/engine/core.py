@@ -6,20 +6,19 @@ requests as another. Two forwards rather than one padded batch: in one batch eve
 would compute as many columns as the longest prompt (measured with `autoglm bench cloud`: 16
 streams went from 2.9x to the figure in docs/benchmarks.md).
 
-KV cache: each request keeps its own cache (``Request.kv``, only real tokens, no padding). To batch,
-the step builds a key/value sequence per row as ``[past, left-padded to the longest past P][new
-tokens, left-padded to the longest new chunk T]`` with an attention mask that is 0 on padding,
-runs the model, and copies each row's real columns back out. Simple and exact; the cost is a copy
-of every cache into the padded batch tensor and back each step (O(batch x P) per layer), and
-decode rows pay T columns of compute in steps that also prefill. A paged cache would avoid both.
+KV cache: a preallocated slot per running sequence (:mod:`cloud.engine.kv_cache`). A prefill
+writes the prompt's keys and values into a fresh slot; a decode step reads the running slots up
+to the longest length with one indexed read per layer, masks each row beyond its own length, and
+writes the new column in place.
 
 Draft verification (greedy only): the prefill row runs prompt + draft in one forward. The model's
 argmax after the prompt and after each draft prefix is compared with the draft; the longest
-matching prefix is accepted, and the argmax after it is a free extra token. The cache is cut to
-prompt + accepted tokens, so decoding continues exactly as if those tokens had been generated one
-by one: the output is the one greedy decoding gives without a draft. With temperature > 0 the draft
-is ignored: accepting tokens because they equal the argmax would skew the sampled distribution, and
-exact speculative sampling needs the proxy's probabilities, which a draft does not carry.
+matching prefix is accepted, and the argmax after it is a free extra token. The cache length is
+cut to prompt + accepted tokens, so decoding continues exactly as if those tokens had been
+generated one by one: the output is the one greedy decoding gives without a draft. With
+temperature > 0 the draft is ignored: accepting tokens because they equal the argmax would skew
+the sampled distribution, and exact speculative sampling needs the proxy's whole distribution,
+which a draft does not carry.
 
 Stop strings: generation ends as soon as the decoded text contains one; ``Request.text`` (and the
 streamed text) stop just before it, while ``output_ids`` keep every generated token.
@@ -34,8 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
+from cloud.engine.kv_cache import SlotCache
 from cloud.engine.request import (
-    KV,
     Request,
     RequestStatus,
     SamplingParams,
@@ -89,6 +88,11 @@ class EngineCore:
             batching=self.settings.batching,
         )
         self.observer = observer
+        cfg = self.model.cfg
+        self.cache = SlotCache(
+            cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size,
+            self.scheduler.max_running, self.device, self.model.wte.weight.dtype,
+        )  # fmt: skip
         self.num_steps = 0
 
     def add_request(
@@ -138,71 +142,67 @@ class EngineCore:
             self.observer(sched, self.scheduler)
         for req in sched.prefill:
             req.prefill_at = now
+        for req in sched.finished:  # aborted or past their deadline
+            self._release(req)
         events = [TokenEvent(r.request_id, [], status=r.status, request=r) for r in sched.finished]
         if not (sched.prefill or sched.decode):
             return events
         self.num_steps += 1
-        batches = (
-            (
-                sched.prefill,
-                [r.prompt_ids + r.draft_ids for r in sched.prefill],
-                [len(r.draft_ids) + 1 for r in sched.prefill],
-            ),
-            (sched.decode, [[r.output_ids[-1]] for r in sched.decode], [1] * len(sched.decode)),
-        )
-        for rows, new_ids, n_logits in batches:
+        for rows, run in ((sched.prefill, self._prefill), (sched.decode, self._decode)):
             if not rows:
                 continue
-            logits, caches = self._forward(rows, new_ids, n_logits)
+            logits = run(rows)
             now = time.monotonic()
-            for req, row_logits, kv in zip(rows, logits, caches, strict=True):
-                req.kv = kv
+            for req, row_logits in zip(rows, logits, strict=True):
                 tokens, probs = self._sample(req, row_logits)
                 events.append(self._update(req, tokens, probs, now))
                 if req.is_finished:
-                    req.kv = None
+                    self._release(req)
                     self.scheduler.finish(req)
         return events
 
-    def _forward(
-        self, rows: list[Request], new_ids: list[list[int]], n_logits: list[int]
-    ) -> tuple[list[torch.Tensor], list[list[KV]]]:
-        """Run the rows as one padded batch; per row: last ``n_logits`` logits and its cache."""
-        dev, B = self.device, len(rows)
-        P = max(r.cache_len for r in rows)  # longest past
-        T = max(len(n) for n in new_ids)  # longest new chunk
+    def _release(self, req: Request) -> None:
+        if req.slot is not None:
+            self.cache.release(req.slot)
+            req.slot = None
+
+    def _prefill(self, rows: list[Request]) -> list[torch.Tensor]:
+        """Prompt (+ draft) of new requests as one left-padded batch; each takes a cache slot.
+        Returns per row the logits of its last ``len(draft) + 1`` positions."""
+        new_ids = [r.prompt_ids + r.draft_ids for r in rows]
+        B, T = len(rows), max(len(n) for n in new_ids)
         ids = torch.full((B, T), self.tokenizer.pad_id, dtype=torch.long)
-        pos = torch.zeros((B, T), dtype=torch.long)
-        mask = torch.zeros((B, P + T), dtype=torch.long)
-        for i, (r, new) in enumerate(zip(rows, new_ids, strict=True)):
-            L, n = r.cache_len, len(new)
-            ids[i, T - n :] = torch.tensor(new)
-            pos[i, T - n :] = torch.arange(L, L + n)  # cache index j holds position j
-            mask[i, P - L : P] = 1
-            mask[i, P + T - n :] = 1
-        past: list[KV] | None = None
-        if P > 0:
-            past = []
-            k0 = next(r.kv for r in rows if r.kv is not None)[0][0]  # [1, nh, L, hd]
-            for layer in range(self.model.cfg.n_layer):
-                kp = k0.new_zeros(B, k0.shape[1], P, k0.shape[3])  # [B, nh, P, hd]
-                vp = torch.zeros_like(kp)
-                for i, r in enumerate(rows):
-                    if r.kv is not None:
-                        kp[i, :, P - r.cache_len :] = r.kv[layer][0][0]
-                        vp[i, :, P - r.cache_len :] = r.kv[layer][1][0]
-                past.append((kp, vp))
-        out, presents = self.model(ids.to(dev), mask.to(dev), pos.to(dev), past)  # [B, T, V]
-        logits = [out[i, T - m :] for i, m in enumerate(n_logits)]  # [m, V] each
-        caches: list[list[KV]] = []
-        for i, (r, new) in enumerate(zip(rows, new_ids, strict=True)):
-            L, n = r.cache_len, len(new)
-            if L == 0 or n == T:  # real columns are one run: slice (a view), no gather
-                cols: slice | torch.Tensor = slice(P + T - n - L, P + T)
-            else:
-                cols = mask[i].nonzero().squeeze(1).to(dev)
-            caches.append([(k[i : i + 1, :, cols], v[i : i + 1, :, cols]) for k, v in presents])
-        return logits, caches
+        mask = torch.zeros((B, T), dtype=torch.long)
+        for i, new in enumerate(new_ids):
+            ids[i, T - len(new) :] = torch.tensor(new)
+            mask[i, T - len(new) :] = 1
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        dev = self.device
+        out, presents = self.model(ids.to(dev), mask.to(dev), pos.to(dev))  # [B, T, V]
+        logits = []
+        for i, (req, new) in enumerate(zip(rows, new_ids, strict=True)):
+            req.slot = self.cache.acquire()
+            self.cache.write_prefix(req.slot, presents, i, slice(T - len(new), T))
+            req.cache_len = len(new)
+            logits.append(out[i, T - len(req.draft_ids) - 1 :])
+        return logits
+
+    def _decode(self, rows: list[Request]) -> list[torch.Tensor]:
+        """One new token per running request; the past is read from and written to the slots."""
+        dev, B = self.device, len(rows)
+        lens = torch.tensor([r.cache_len for r in rows])
+        P = int(lens.max())
+        slots = torch.tensor([r.slot for r in rows], device=dev)
+        ids = torch.tensor([[r.output_ids[-1]] for r in rows], device=dev)
+        mask = torch.zeros((B, P + 1), dtype=torch.long)
+        mask[:, :P] = (torch.arange(P).unsqueeze(0) < lens.unsqueeze(1)).long()  # own past only
+        mask[:, P] = 1  # the new token
+        past = self.cache.gather(slots, P)
+        out, presents = self.model(ids, mask.to(dev), lens.unsqueeze(1).to(dev), past)
+        self.cache.write_column(slots, lens.to(dev), presents, P)
+        for r in rows:
+            r.cache_len += 1
+        return [out[i, -1:] for i in range(B)]
 
     def _sample(self, req: Request, logits: torch.Tensor) -> tuple[list[int], list[float]]:
         """Next token(s) of ``req`` from logits ``[m, V]`` (m > 1 only to verify a draft)."""
@@ -216,9 +216,7 @@ class EngineCore:
                     k += 1
                 req.draft_accepted = k
                 req.draft_ids = []
-                assert req.kv is not None
-                keep = len(req.prompt_ids) + k  # drop rejected draft tokens from the cache
-                req.kv = [(kk[:, :, :keep], vv[:, :, :keep]) for kk, vv in req.kv]
+                req.cache_len = len(req.prompt_ids) + k  # forget the rejected draft tokens
                 return toks[: k + 1], probs[: k + 1]
             return toks[-1:], probs[-1:]
         if req.generator is None:

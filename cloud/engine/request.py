@@ -112,17 +112,14 @@ class Request:
     first_token_at: float | None = None
     finished_at: float | None = None
 
-    # Engine state: this sequence's own cache (prompt + accepted/generated tokens, no padding).
-    kv: list[KV] | None = field(default=None, repr=False)
+    # Engine state: the KV-cache slot and how many of its columns hold this sequence's tokens.
+    slot: int | None = None
+    cache_len: int = 0
     generator: torch.Generator | None = field(default=None, repr=False)
 
     @property
     def is_finished(self) -> bool:
         return self.status.is_finished
-
-    @property
-    def cache_len(self) -> int:
-        return 0 if self.kv is None else int(self.kv[0][0].shape[2])
 
     @property
     def num_generated(self) -> int:

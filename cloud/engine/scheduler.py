@@ -134,5 +134,4 @@ class Scheduler:
     def _end(req: Request, status: RequestStatus, now: float, out: SchedulerOutput) -> None:
         req.status = status
         req.finished_at = now
-        req.kv = None  # free the cache at once
         out.finished.append(req)

@@ -33,7 +33,8 @@ def register(parser: argparse.ArgumentParser) -> None:
             b.add_argument(
                 "--steps", type=int, default=20, help="train: steps per variant and round"
             )
-            b.add_argument("--rounds", type=int, default=3, help="train: interleaved rounds")
+        if name in ("train", "cloud", "all"):
+            b.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
         if name in ("cloud", "overload", "all"):
             b.add_argument("--pack", type=Path, default=Path("packs/demo/latest"), help="pack")
         if name in ("overload", "all"):
@@ -42,7 +43,7 @@ def register(parser: argparse.ArgumentParser) -> None:
             b.add_argument("--max-batch", type=int, default=4, help="overload: max_batch_size")
         if name in ("cloud", "all"):
             b.add_argument("--levels", default="1,4,16,32", help="cloud: concurrent streams")
-            b.add_argument("--per-stream", type=int, default=8, help="cloud: requests per stream")
+            b.add_argument("--per-stream", type=int, default=16, help="cloud: requests per stream")
             b.add_argument(
                 "--per-cell", type=int, default=10, help="cloud: prompts per family/tier"
             )
@@ -134,8 +135,11 @@ def _run_cloud(args: argparse.Namespace) -> None:
     from cloud.engine.bench import bench_cloud
 
     levels = [int(x) for x in args.levels.split(",")]
-    result = bench_cloud(args.pack, levels, args.per_stream, args.per_cell)
-    print(f"engine on {result['pack']} (full model), closed loop, greedy")
+    result = bench_cloud(args.pack, levels, args.per_stream, args.per_cell, args.rounds)
+    print(
+        f"engine on {result['pack']} (full model), closed loop, greedy; "
+        f"median of {args.rounds} interleaved rounds"
+    )
     print(
         f"{'streams':>7} {'batching':>8} {'tok/s':>8} {'TTFT p50':>9} {'p99':>7} "
         f"{'ITL p50':>8} {'p99':>7} {'steps':>6}"

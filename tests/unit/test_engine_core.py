@@ -71,7 +71,8 @@ def test_concurrent_greedy_matches_offline_greedy(
         assert req.status in (RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_EOS)
         assert req.text == TOK.decode(req.output_ids)
         assert streamed[req.request_id] == req.text
-        assert req.kv is None and req.first_token_at is not None
+        assert req.slot is None and req.first_token_at is not None
+    assert core.cache.free_slots == batch  # every slot given back
 
 
 def test_batching_off_runs_one_at_a_time_with_same_outputs(

@@ -69,8 +69,9 @@ def test_abort_frees_the_slot_for_the_next_waiting_request(model: GPT) -> None:
     assert a.status == RequestStatus.RUNNING and b.status == RequestStatus.WAITING
     core.abort("a")
     events = core.step()
-    assert a.status == RequestStatus.FINISHED_ABORTED and a.kv is None
+    assert a.status == RequestStatus.FINISHED_ABORTED and a.slot is None
     assert b.status == RequestStatus.RUNNING and len(b.output_ids) == 1
+    assert b.slot is not None and core.cache.free_slots == 0  # a's slot went to b
     assert {e.request_id for e in events} == {"a", "b"}
 
 
