@@ -5,7 +5,7 @@
 """
 
 from cloud.engine.core import EngineCore, TokenEvent
-from cloud.engine.loop import AsyncEngine, EngineStopped
+from cloud.engine.loop import AsyncEngine, EngineFailed, EngineStopped
 from cloud.engine.request import (
     InvalidRequest,
     Request,
@@ -18,6 +18,7 @@ from cloud.engine.scheduler import QueueFull, Scheduler, SchedulerOutput
 __all__ = [
     "AsyncEngine",
     "EngineCore",
+    "EngineFailed",
     "EngineStopped",
     "InvalidRequest",
     "QueueFull",

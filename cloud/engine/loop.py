@@ -9,6 +9,7 @@ new requests, let running ones finish, abort what is left after the grace) -> st
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -19,12 +20,18 @@ from typing import Any
 from cloud.engine.core import EngineCore, TokenEvent
 from cloud.engine.scheduler import QueueFull
 
+log = logging.getLogger(__name__)
+
+
+class EngineFailed(RuntimeError):
+    """A step of the engine raised; the requests in it were failed (maps to INTERNAL)."""
+
 
 class EngineStopped(RuntimeError):
     """The engine is draining or stopped and takes no new requests (maps to UNAVAILABLE)."""
 
 
-_Stream = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[TokenEvent]"]
+_Stream = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[TokenEvent | EngineFailed]"]
 
 
 class AsyncEngine:
@@ -62,7 +69,7 @@ class AsyncEngine:
         self._in_flight += 1
         try:
             loop = asyncio.get_running_loop()
-            events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+            events: asyncio.Queue[TokenEvent | EngineFailed] = asyncio.Queue()
             admitted: Future[None] = Future()
             self._inbox.put(("add", request_id, prompt, kw, (loop, events), admitted))
             await asyncio.wrap_future(admitted)
@@ -70,6 +77,9 @@ class AsyncEngine:
             try:
                 while not finished:
                     event = await events.get()
+                    if isinstance(event, EngineFailed):
+                        finished = True
+                        raise event
                     finished = event.finished
                     yield event
             finally:
@@ -112,7 +122,13 @@ class AsyncEngine:
                 for request_id in list(self._streams):
                     self.core.abort(request_id)
             if self.core.has_work():
-                for event in self.core.step():
+                try:
+                    events = self.core.step()
+                except Exception:  # a bug or a device error: fail these requests, keep serving
+                    log.exception("engine step failed; failing %d requests", len(self._streams))
+                    self._fail_all()
+                    continue
+                for event in events:
                     self._deliver(event)
             if drain is not None and not self.core.has_work():
                 drain[1].set_result(None)
@@ -130,6 +146,13 @@ class AsyncEngine:
             return
         self._streams[request_id] = stream
         admitted.set_result(None)
+
+    def _fail_all(self) -> None:
+        for request_id, (loop, events) in self._streams.items():
+            self.core.abort(request_id)  # the next step drops them and frees their slots
+            failure = EngineFailed(f"the engine failed while serving request {request_id}")
+            loop.call_soon_threadsafe(events.put_nowait, failure)
+        self._streams.clear()
 
     def _deliver(self, event: TokenEvent) -> None:
         stream = self._streams.get(event.request_id)

@@ -19,6 +19,7 @@ import grpc
 
 from cloud.engine import (
     AsyncEngine,
+    EngineFailed,
     EngineStopped,
     InvalidRequest,
     QueueFull,
@@ -46,6 +47,7 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     EngineStopped: grpc.StatusCode.UNAVAILABLE,
+    EngineFailed: grpc.StatusCode.INTERNAL,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 _MAPPED = tuple(STATUS_OF)

@@ -7,7 +7,14 @@ import asyncio
 import pytest
 import torch
 
-from cloud.engine import AsyncEngine, EngineCore, EngineStopped, InvalidRequest, SamplingParams
+from cloud.engine import (
+    AsyncEngine,
+    EngineCore,
+    EngineFailed,
+    EngineStopped,
+    InvalidRequest,
+    SamplingParams,
+)
 from cloud.toolkit.generate import greedy
 from cloud.toolkit.model import GPT, GPTConfig
 from shared.settings.cloud import EngineSettings
@@ -67,3 +74,29 @@ def test_leaving_the_stream_early_aborts_and_drain_aborts_after_grace(model: GPT
         assert not core.has_work()
 
     asyncio.run(main())
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(model: GPT) -> None:
+    """If a step raises, the requests in flight get EngineFailed and later ones are served."""
+    core = EngineCore(model, TOK, EngineSettings(max_batch_size=4))
+    real_step, calls = core.step, {"n": 0}
+
+    def flaky_step() -> list:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated device error")
+        return real_step()
+
+    core.step = flaky_step  # type: ignore[method-assign]
+
+    async def main() -> list[int]:
+        engine = AsyncEngine(core)
+        engine.start()
+        with pytest.raises(EngineFailed):
+            await collect(engine, "doomed", "hi", 4)
+        ids = await collect(engine, "fine", "hi", 4)
+        await engine.drain(1.0)
+        return ids
+
+    assert asyncio.run(main()) == greedy(model, TOK, ["hi"], 4)[0].token_ids
+    assert core.cache.free_slots == 4
