@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cloud.service.process import CloudServer
 from shared.rpc import inference_pb2, inference_pb2_grpc
@@ -55,6 +56,21 @@ async def _flood(address: str, n: int, max_new: int) -> list[tuple[str, float]]:
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+async def _flood_health(address: str, n: int) -> list[float]:
+    """The same burst of the cheapest call there is (a health check): the floor that gRPC and
+    Python put under any answer on this machine."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        await channel.channel_ready()
+
+        async def one() -> float:
+            t0 = time.perf_counter()
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=60)
+            return time.perf_counter() - t0
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
 def bench_overload(pack: Path, max_waiting: int, factor: int, max_batch: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="autoglm-bench-") as tmp:
         tokens = Path(tmp) / "tokens"
@@ -67,9 +83,10 @@ def bench_overload(pack: Path, max_waiting: int, factor: int, max_batch: int) ->
         try:
             server.wait_serving()
             rss_before = _rss_mb(server.proc.pid)
-            results = []
+            results, health = [], []
             for _ in range(3):  # three floods: memory must not grow from one to the next
                 results += asyncio.run(_flood(server.address, factor * max_waiting, 16))
+                health += asyncio.run(_flood_health(server.address, factor * max_waiting))
             rss_after = _rss_mb(server.proc.pid)
         finally:
             server.stop()
@@ -88,6 +105,8 @@ def bench_overload(pack: Path, max_waiting: int, factor: int, max_batch: int) ->
         "exhausted_p50_ms": 1000 * float(np.percentile(exhausted, 50)) if exhausted else None,
         "exhausted_p99_ms": 1000 * float(np.percentile(exhausted, 99)) if exhausted else None,
         "ok_p50_ms": 1000 * float(np.percentile(ok, 50)) if ok else None,
+        "health_burst_p50_ms": 1000 * float(np.percentile(health, 50)),
+        "health_burst_p99_ms": 1000 * float(np.percentile(health, 99)),
         "rss_before_mb": rss_before,
         "rss_after_mb": rss_after,
     }

@@ -129,7 +129,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 "deadline": None if remaining is None else start + remaining,
                 "draft_ids": list(request.draft.token_ids),
             }
-            log.info(
+            log.debug(
                 "%s: accepted (prompt %d chars, draft %d tokens, device %r)",
                 rid,
                 len(request.prompt),
@@ -169,8 +169,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         except _MAPPED as exc:
             code = STATUS_OF[type(exc)]
             status = code.name.lower()
-            log.info(
-                "%s: %s: %s", rid, code.name, exc, extra={"request_id": rid, "code": code.name}
+            # Refusals under overload are counted by the metrics; one log line each would cost
+            # the event loop time exactly when it has none to spare.
+            level = logging.DEBUG if code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.INFO
+            log.log(
+                level,
+                "%s: %s: %s",
+                rid,
+                code.name,
+                exc,
+                extra={"request_id": rid, "code": code.name},
             )
             await context.abort(code, f"{exc} (request {rid})")
         finally:
@@ -227,7 +235,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             draft_tokens=len(request.draft.token_ids),
             draft_accepted=req.draft_accepted if req is not None else 0,
         )
-        log.info(
+        log.log(
+            logging.DEBUG if status == "resource_exhausted" else logging.INFO,
             "%s: %s after %.1f ms, %d tokens",
             rid,
             status,

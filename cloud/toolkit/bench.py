@@ -181,6 +181,10 @@ def _run_overload(args: argparse.Namespace) -> None:
             f"  time to RESOURCE_EXHAUSTED: p50 {r['exhausted_p50_ms']:.1f} ms, "
             f"p99 {r['exhausted_p99_ms']:.1f} ms"
         )
+    print(
+        f"  the same bursts of health checks (the floor): p50 {r['health_burst_p50_ms']:.1f} ms, "
+        f"p99 {r['health_burst_p99_ms']:.1f} ms"
+    )
     rss = f"{r['rss_before_mb']:.0f} MB before, {r['rss_after_mb']:.0f} MB after"
     print(f"  server memory (RSS): {rss}")
     _write(args, "overload", r)
