@@ -282,7 +282,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(
     """After SIGTERM in-flight requests complete, new ones get UNAVAILABLE, exit code 0."""
     grace = 15.0
     env = {**SERIAL, "AUTOGLM_CLOUD_DRAIN_GRACE_S": str(grace)}
-    server = CloudServer(quick_pack, tmp_path, args=["--tokens-file", str(tokens)], env=env)
+    # -v: the "accepted" lines the test waits for are DEBUG messages
+    server = CloudServer(
+        quick_pack, tmp_path, args=["--tokens-file", str(tokens)], env=env, cli_args=["-v"]
+    )
     try:
         server.wait_serving()
         n = 24
