@@ -163,6 +163,17 @@ def verify_files(pack_dir: Path, manifest: Manifest) -> None:
             raise PackError(f"{pack_dir}: file {rel!r} does not match its sha256 in the manifest")
 
 
+def seal(pack_dir: Path, manifest: Manifest) -> None:
+    """Hash every file under ``pack_dir`` (subfolders included) into the manifest and write it."""
+    skip = {MANIFEST, MANIFEST + ".tmp"}
+    manifest.files = {
+        p.relative_to(pack_dir).as_posix(): file_entry(p)
+        for p in sorted(pack_dir.rglob("*"))
+        if p.is_file() and p.relative_to(pack_dir).as_posix() not in skip
+    }
+    write_manifest(pack_dir, manifest)
+
+
 def open_pack(pack_dir: Path | str) -> Manifest:
     """Read and verify a pack; accepts a version folder or a ``latest`` link to one."""
     pack_dir = Path(pack_dir).resolve()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,3 +19,33 @@ def quick_pack() -> Path:
     from cloud.toolkit.build import RECIPES, build_pack
 
     return build_pack(RECIPES["quick"], PACK_CACHE)
+
+
+PackMaker = Callable[..., Path]
+
+
+@pytest.fixture
+def make_pack() -> PackMaker:
+    """Writes a small sealed pack: ``make_pack(root, name, version, files, created=...)``."""
+    from shared.pack import FullSpec, Manifest, ProxySpec, RoutingSpec, seal
+
+    def _make(
+        root: Path, name: str, version: str, files: dict[str, bytes],
+        created: str = "2026-11-21T00:00:00+00:00",
+    ) -> Path:  # fmt: skip
+        pack = root / name / version
+        for rel, data in files.items():
+            (pack / rel).parent.mkdir(parents=True, exist_ok=True)
+            (pack / rel).write_bytes(data)
+        manifest = Manifest(
+            name=name, version=version, created=created,
+            full=FullSpec(weights="full.safetensors", config={}, params=10),
+            proxy=ProxySpec(onnx="proxy.onnx", config={}, params=1, n_layer=1, n_head=1,
+                            head_dim=4, context_limit=8),
+            routing=RoutingSpec(default_threshold=0.5, max_new_tokens=4),
+            files={},
+        )  # fmt: skip
+        seal(pack, manifest)
+        return pack
+
+    return _make

@@ -33,9 +33,8 @@ from shared.pack import (
     ProxySpec,
     RoutingSpec,
     check_name,
-    file_entry,
     open_pack,
-    write_manifest,
+    seal,
 )
 from shared.tokenizer import ByteTokenizer
 
@@ -174,7 +173,7 @@ def _build_into(work: Path, recipe: Recipe, version: str) -> dict[str, Any]:
         },
         files={},
     )
-    _seal(work, manifest)
+    seal(work, manifest)
 
     table = calibrate(work, manifest)
     (work / "calibration.json").write_text(table.model_dump_json(indent=2) + "\n")
@@ -185,24 +184,14 @@ def _build_into(work: Path, recipe: Recipe, version: str) -> dict[str, Any]:
     # operator asks for it and the agreement is good enough (an edge setting).
     manifest.proxy.int8_agreement = _int8_agreement(work, manifest, recipe)
     log.info("int8 proxy: greedy token agreement with fp32 %.3f", manifest.proxy.int8_agreement)
-    _seal(work, manifest)
+    seal(work, manifest)
 
     report = evaluate(work, "test", recipe.eval_per_cell)
     (work / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     manifest.evaluation = {k: report[k] for k in ("split", "n", "params", "router", "held_out")}
     manifest.build["seconds"] = round(time.perf_counter() - t0, 1)
-    _seal(work, manifest)
+    seal(work, manifest)
     return {"seconds": manifest.build["seconds"]}
-
-
-def _seal(work: Path, manifest: Manifest) -> None:
-    """Hash every file of the pack into the manifest and write it."""
-    manifest.files = {
-        p.name: file_entry(p)
-        for p in sorted(work.iterdir())
-        if p.is_file() and p.name not in {"manifest.json", "manifest.json.tmp"}
-    }
-    write_manifest(work, manifest)
 
 
 def _int8_agreement(work: Path, manifest: Manifest, recipe: Recipe) -> float:

@@ -10,19 +10,10 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+from conftest import PackMaker
 
 from cloud.service.model_store import ModelStoreServicer
-from shared.pack import (
-    MANIFEST,
-    FullSpec,
-    Manifest,
-    PackError,
-    ProxySpec,
-    RoutingSpec,
-    file_entry,
-    open_pack,
-    write_manifest,
-)
+from shared.pack import MANIFEST, PackError, open_pack
 from shared.pack_fetch import fetch_pack
 from shared.rpc import model_store_pb2, model_store_pb2_grpc
 
@@ -37,33 +28,17 @@ FILES = {
 T = TypeVar("T")
 
 
-def make_pack(root: Path, name: str, version: str, created: str) -> Path:
-    pack = root / name / version
-    pack.mkdir(parents=True)
-    for rel, data in FILES.items():
-        (pack / rel).parent.mkdir(parents=True, exist_ok=True)
-        (pack / rel).write_bytes(data + name.encode() if data else data)
-    manifest = Manifest(
-        name=name,
-        version=version,
-        created=created,
-        full=FullSpec(weights="full.safetensors", config={}, params=10),
-        proxy=ProxySpec(
-            onnx="proxy.onnx", config={}, params=1, n_layer=1, n_head=1, head_dim=4, context_limit=8
-        ),
-        routing=RoutingSpec(default_threshold=0.5, max_new_tokens=4),
-        files={rel: file_entry(pack / rel) for rel in FILES},
-    )
-    write_manifest(pack, manifest)
-    return pack
-
-
 @pytest.fixture
-def packs(tmp_path: Path) -> Path:
+def packs(make_pack: PackMaker, tmp_path: Path) -> Path:
     root = tmp_path / "packs"
-    make_pack(root, "demo", "v1", "2026-11-20T00:00:00+00:00")
-    make_pack(root, "demo", "v2", "2026-11-21T00:00:00+00:00")
-    make_pack(root, "other", "1", "2026-11-19T00:00:00+00:00")
+    for name, version, created in [
+        ("demo", "v1", "2026-11-20T00:00:00+00:00"),
+        ("demo", "v2", "2026-11-21T00:00:00+00:00"),
+        ("other", "1", "2026-11-19T00:00:00+00:00"),
+    ]:
+        # each name's files differ, so a mix-up between packs shows in the hashes
+        files = {rel: data + name.encode() if data else data for rel, data in FILES.items()}
+        make_pack(root, name, version, files, created)
     return root
 
 

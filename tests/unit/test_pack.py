@@ -6,53 +6,27 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import PackMaker
 
-from shared.pack import (
-    FullSpec,
-    Manifest,
-    PackError,
-    ProxySpec,
-    RoutingSpec,
-    file_entry,
-    list_packs,
-    open_pack,
-    write_manifest,
-)
+from shared.pack import Manifest, PackError, list_packs, open_pack
 
 FILES = {"full.safetensors": b"\x01" * 300, "proxy.onnx": b"onnx" * 50, "tokenizer.json": b"{}"}
 
 
-def make_pack(root: Path, name: str = "tiny", version: str = "1") -> Path:
-    pack = root / name / version
-    pack.mkdir(parents=True)
-    for rel, data in FILES.items():
-        (pack / rel).write_bytes(data)
-    manifest = Manifest(
-        name=name,
-        version=version,
-        created="2026-11-21T00:00:00+00:00",
-        full=FullSpec(weights="full.safetensors", config={}, params=10),
-        proxy=ProxySpec(
-            onnx="proxy.onnx", config={}, params=1, n_layer=1, n_head=1, head_dim=4, context_limit=8
-        ),
-        routing=RoutingSpec(default_threshold=0.5, max_new_tokens=4),
-        files={rel: file_entry(pack / rel) for rel in FILES},
-    )
-    write_manifest(pack, manifest)
-    return pack
+@pytest.fixture
+def pack(make_pack: PackMaker, tmp_path: Path) -> Path:
+    return make_pack(tmp_path, "tiny", "1", FILES)
 
 
-def test_intact_pack_opens(tmp_path: Path) -> None:
+def test_intact_pack_opens(pack: Path) -> None:
     """A pack whose files match the manifest opens and reads back."""
-    pack = make_pack(tmp_path)
     m = open_pack(pack)
     assert m.name == "tiny" and set(m.files) == set(FILES)
 
 
 @pytest.mark.parametrize("rel", sorted(FILES))
-def test_flipped_byte_is_refused_naming_the_file(tmp_path: Path, rel: str) -> None:
+def test_flipped_byte_is_refused_naming_the_file(pack: Path, rel: str) -> None:
     """One changed byte anywhere fails the hash check, and the error names the file."""
-    pack = make_pack(tmp_path)
     data = bytearray((pack / rel).read_bytes())
     data[len(data) // 2] ^= 0x01
     (pack / rel).write_bytes(bytes(data))
@@ -60,16 +34,14 @@ def test_flipped_byte_is_refused_naming_the_file(tmp_path: Path, rel: str) -> No
         open_pack(pack)
 
 
-def test_truncated_file_is_refused_naming_the_file(tmp_path: Path) -> None:
+def test_truncated_file_is_refused_naming_the_file(pack: Path) -> None:
     """A short file fails the size check before hashing."""
-    pack = make_pack(tmp_path)
     (pack / "proxy.onnx").write_bytes(FILES["proxy.onnx"][:-7])
     with pytest.raises(PackError, match=r"proxy\.onnx.*193 bytes, manifest says 200"):
         open_pack(pack)
 
 
-def test_missing_file_is_refused(tmp_path: Path) -> None:
-    pack = make_pack(tmp_path)
+def test_missing_file_is_refused(pack: Path) -> None:
     (pack / "tokenizer.json").unlink()
     with pytest.raises(PackError, match=r"tokenizer\.json.*missing"):
         open_pack(pack)
@@ -83,9 +55,8 @@ def test_missing_file_is_refused(tmp_path: Path) -> None:
         (None, "no manifest"),
     ],
 )
-def test_bad_manifest_is_refused(tmp_path: Path, content: str | None, reason: str) -> None:
+def test_bad_manifest_is_refused(pack: Path, content: str | None, reason: str) -> None:
     """A missing, unparsable or incomplete manifest gives a readable reason."""
-    pack = make_pack(tmp_path)
     if content is None:
         (pack / "manifest.json").unlink()
     else:
@@ -94,9 +65,8 @@ def test_bad_manifest_is_refused(tmp_path: Path, content: str | None, reason: st
         open_pack(pack)
 
 
-def test_manifest_cannot_point_outside_the_pack(tmp_path: Path) -> None:
+def test_manifest_cannot_point_outside_the_pack(pack: Path) -> None:
     """A file entry like '../x' is refused, so a manifest cannot make us read elsewhere."""
-    pack = make_pack(tmp_path)
     raw = json.loads((pack / "manifest.json").read_text())
     raw["files"]["../../etc/passwd"] = raw["files"]["tokenizer.json"]
     (pack / "manifest.json").write_text(json.dumps(raw))
@@ -104,10 +74,10 @@ def test_manifest_cannot_point_outside_the_pack(tmp_path: Path) -> None:
         open_pack(pack)
 
 
-def test_list_packs_reports_good_and_bad(tmp_path: Path) -> None:
+def test_list_packs_reports_good_and_bad(make_pack: PackMaker, tmp_path: Path) -> None:
     """Listing shows every version, with the reason for the unreadable ones."""
-    make_pack(tmp_path, version="1")
-    bad = make_pack(tmp_path, version="2")
+    make_pack(tmp_path, "tiny", "1", FILES)
+    bad = make_pack(tmp_path, "tiny", "2", FILES)
     (bad / "manifest.json").write_text("{")
     rows = list_packs(tmp_path)
     assert [p.name for p, _ in rows] == ["1", "2"]
