@@ -21,8 +21,8 @@ import numpy as np
 
 from cloud.engine.core import EngineCore
 from cloud.engine.request import SamplingParams
-from cloud.toolkit import tasks, weights
-from cloud.toolkit.evaluate import proxy_decoder
+from cloud.toolkit import weights
+from cloud.toolkit.evaluate import pack_examples, proxy_decoder
 from cloud.toolkit.model import GPT
 from shared.pack import Manifest, open_pack
 from shared.settings.cloud import EngineSettings
@@ -95,10 +95,7 @@ def run_closed_loop(
 
 def draft_savings(pack: Path, manifest: Manifest, model: GPT, per_cell: int) -> dict[str, Any]:
     """Decode steps the full model saves on the requests the router escalates."""
-    r = manifest.build["recipe"]
-    examples = tasks.dataset(
-        "test", per_cell, int(r["seed"]), tuple(r["families"]) + tuple(r["held_out"])
-    )
+    examples = pack_examples(manifest, "test", per_cell)
     proxy = proxy_decoder(pack, manifest)
     threshold, max_new = manifest.routing.default_threshold, manifest.routing.max_new_tokens
     steps_with: list[int] = []
@@ -135,13 +132,7 @@ def bench_cloud(
     """Every level ``rounds`` times in each mode, interleaved; each row is the median round."""
     manifest = open_pack(pack)
     model = weights.load(pack / manifest.full.weights, manifest.full.config)
-    r = manifest.build["recipe"]
-    prompts = [
-        e.prompt
-        for e in tasks.dataset(
-            "test", per_cell, int(r["seed"]), tuple(r["families"]) + tuple(r["held_out"])
-        )
-    ]
+    prompts = [e.prompt for e in pack_examples(manifest, "test", per_cell)]
     np.random.default_rng(0).shuffle(prompts)
     max_new = manifest.routing.max_new_tokens
     runs: dict[tuple[int, bool], list[dict[str, Any]]] = defaultdict(list)

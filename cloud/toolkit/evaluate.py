@@ -66,10 +66,21 @@ def _mean(xs: list[bool]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def _suite(manifest: Manifest) -> tuple[tuple[str, ...], tuple[str, ...], int, int]:
-    """The families, held-out families, examples per cell and seed the pack was built with."""
+def _suite(manifest: Manifest) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The families both models learned, and the held-out ones, of the pack's recipe."""
     r = manifest.build["recipe"]
-    return tuple(r["families"]), tuple(r["held_out"]), int(r["eval_per_cell"]), int(r["seed"])
+    return tuple(r["families"]), tuple(r["held_out"])
+
+
+def pack_examples(
+    manifest: Manifest, split: tasks.Split, per_cell: int | None = None
+) -> list[tasks.Example]:
+    """The evaluation set of ``split`` for the pack's own task families and seed."""
+    r = manifest.build["recipe"]
+    families, held_out = _suite(manifest)
+    return tasks.dataset(
+        split, per_cell or int(r["eval_per_cell"]), int(r["seed"]), families + held_out
+    )
 
 
 def evaluate(
@@ -78,8 +89,8 @@ def evaluate(
     """The full evaluation report of a pack on ``split`` (a JSON-ready dict)."""
     pack_dir = Path(pack_dir).resolve()
     manifest = open_pack(pack_dir)
-    families, held_out, default_per_cell, seed = _suite(manifest)
-    examples = tasks.dataset(split, per_cell or default_per_cell, seed, families + held_out)
+    families, held_out = _suite(manifest)
+    examples = pack_examples(manifest, split, per_cell)
     p_out, p_conf, f_out = run_models(pack_dir, manifest, examples)
     pc = [tasks.score(e, o) for e, o in zip(examples, p_out, strict=True)]
     fc = [tasks.score(e, o) for e, o in zip(examples, f_out, strict=True)]
@@ -144,8 +155,7 @@ def _calibration_summary(pack_dir: Path, manifest: Manifest) -> list[dict[str, f
 
 def calibrate(pack_dir: Path, manifest: Manifest) -> CalibrationTable:
     """The calibration table, measured on the calibration split (never on test)."""
-    families, held_out, per_cell, seed = _suite(manifest)
-    examples = tasks.dataset("calib", per_cell, seed, families + held_out)
+    examples = pack_examples(manifest, "calib")
     p_out, p_conf, f_out = run_models(pack_dir, manifest, examples)
     return build_table(
         p_conf,
