@@ -10,14 +10,16 @@ This module needs numpy and onnxruntime only (no torch): it is what runs on a de
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from shared.pack import DecoderIO
+from shared.pack import DecoderIO, Manifest
+from shared.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ class ContextLimitError(ValueError):
 class DecodeResult:
     token_ids: list[int]  # generated tokens, EOS excluded
     token_probs: list[float]  # probability of each chosen token, EOS included
-    finished: str  # "eos", "length", or "low_confidence" (stopped early below the threshold)
+    finished: str  # "eos", "length", "stop" (a stop string), or "low_confidence" (early exit)
     steps: int = 0  # forward passes run
 
     @property
@@ -54,13 +56,14 @@ class OnnxDecoder:
     io: DecoderIO = field(default_factory=DecoderIO)
     providers: Sequence[str] = DEFAULT_PROVIDERS
     intra_op_threads: int = 0  # 0 = let ONNX Runtime choose
+    inter_op_threads: int = 1  # operators run one after another in a decoder step
     trt_cache_dir: Path | None = None
     session: ort.InferenceSession = field(init=False)
 
     def __post_init__(self) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.intra_op_threads
-        opts.inter_op_num_threads = 1
+        opts.inter_op_num_threads = self.inter_op_threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         available = set(ort.get_available_providers())
         wanted: list[str | tuple[str, dict[str, str]]] = []
@@ -84,6 +87,26 @@ class OnnxDecoder:
             wanted = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
         log.info("loaded %s with providers %s", self.path.name, self.active_providers)
+
+    @classmethod
+    def from_pack(
+        cls, pack_dir: Path, manifest: Manifest, eos_id: int, *, int8: bool = False, **kw: Any
+    ) -> OnnxDecoder:
+        """The pack's proxy (fp32, or its int8 variant); ``kw`` as the dataclass fields."""
+        p = manifest.proxy
+        name = p.onnx_int8 if int8 else p.onnx
+        if name is None:
+            raise ValueError(f"pack {manifest.name}/{manifest.version} has no int8 proxy")
+        return cls(
+            path=pack_dir / name,
+            n_layer=p.n_layer,
+            n_head=p.n_head,
+            head_dim=p.head_dim,
+            context_limit=p.context_limit,
+            eos_id=eos_id,
+            io=p.io,
+            **kw,
+        )
 
     @property
     def active_providers(self) -> list[str]:
@@ -126,36 +149,84 @@ class OnnxDecoder:
         self,
         prompt_ids: Sequence[int],
         max_new_tokens: int,
+        *,
+        params: SamplingParams | None = None,
         stop_below: float | None = None,
+        should_stop: Callable[[list[int]], bool] | None = None,
+        use_cache: bool = True,
     ) -> DecodeResult:
-        """Greedy decoding with the KV cache; stops at EOS, at ``max_new_tokens``, or as soon as a
-        token's probability falls below ``stop_below`` (the router's early exit)."""
+        """Decode up to ``max_new_tokens`` tokens after the prompt.
+
+        Stops at EOS, at ``max_new_tokens``, when ``should_stop(tokens)`` says so (stop strings),
+        or as soon as a token's probability falls below ``stop_below`` (the router's early exit:
+        no edge time is spent on an answer that will be escalated). ``use_cache=False`` recomputes
+        the whole sequence at every step (the baseline of the KV-cache benchmark).
+        """
+        params = params or SamplingParams()
         self.check_fits(len(prompt_ids), max_new_tokens)
-        ids = np.asarray([prompt_ids], dtype=np.int64)
-        mask = np.ones_like(ids)
-        pos = np.arange(ids.shape[1], dtype=np.int64)[None]
-        logits, past = self.forward(ids, mask, pos, self.empty_past())
+        if max_new_tokens <= 0:
+            return DecodeResult([], [], "length", 0)
+        rng = np.random.default_rng(params.seed)
+        seq = list(prompt_ids)
+        logits, past = self._first(seq)
         tokens: list[int] = []
         probs: list[float] = []
         steps = 1
-        for _ in range(max_new_tokens):
-            last = logits[0, -1].astype(np.float64)
-            p = np.exp(last - last.max())
-            p /= p.sum()
-            tok = int(p.argmax())
-            probs.append(float(p[tok]))
-            if stop_below is not None and probs[-1] < stop_below:
+        while True:
+            tok, prob = _pick(logits[0, -1], params, rng)
+            probs.append(prob)
+            if stop_below is not None and prob < stop_below:
                 return DecodeResult(tokens, probs, "low_confidence", steps)
             if tok == self.eos_id:
                 return DecodeResult(tokens, probs, "eos", steps)
             tokens.append(tok)
-            if len(tokens) == max_new_tokens:
-                break
-            n = int(pos[0, -1]) + 1
-            mask = np.ones((1, n + 1), dtype=np.int64)
-            logits, past = self.forward(
-                np.asarray([[tok]], dtype=np.int64), mask, np.asarray([[n]], dtype=np.int64), past
-            )
-            pos = np.asarray([[n]], dtype=np.int64)
+            if should_stop is not None and should_stop(tokens):
+                return DecodeResult(tokens, probs, "stop", steps)
+            if len(tokens) >= max_new_tokens:
+                return DecodeResult(tokens, probs, "length", steps)
+            seq.append(tok)
+            if use_cache:
+                n = len(seq) - 1  # position of the new token
+                logits, past = self.forward(
+                    np.asarray([[tok]], dtype=np.int64),
+                    np.ones((1, n + 1), dtype=np.int64),
+                    np.asarray([[n]], dtype=np.int64),
+                    past,
+                )
+            else:
+                logits, past = self._first(seq)
             steps += 1
-        return DecodeResult(tokens, probs, "length", steps)
+
+    def _first(self, seq: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The forward pass over a whole sequence, from an empty cache."""
+        ids = np.asarray([seq], dtype=np.int64)
+        pos = np.arange(ids.shape[1], dtype=np.int64)[None]
+        return self.forward(ids, np.ones_like(ids), pos, self.empty_past())
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max())
+    return np.asarray(e / e.sum())
+
+
+def _pick(
+    logits: np.ndarray, params: SamplingParams, rng: np.random.Generator
+) -> tuple[int, float]:
+    """The next token and its confidence: the probability the proxy's own (untempered)
+    distribution gives it, so that a calibrated threshold means the same under sampling."""
+    p = _softmax(logits)
+    if params.temperature == 0:
+        tok = int(p.argmax())
+        return tok, float(p[tok])
+    dist = _softmax(logits.astype(np.float64) / params.temperature)
+    if params.top_p < 1.0:
+        order = np.argsort(-dist, kind="stable")
+        sorted_p = dist[order]
+        outside = np.cumsum(sorted_p) - sorted_p >= params.top_p  # mass before it covers top_p
+        sorted_p[outside] = 0.0
+        dist = np.zeros_like(dist)
+        dist[order] = sorted_p
+        dist /= dist.sum()
+    tok = int(rng.choice(len(dist), p=dist))
+    return tok, float(p[tok])

@@ -6,6 +6,8 @@ edge's commands run on a device without torch:
     autoglm models build|eval|list     model toolkit (cloud/toolkit/cli.py, needs torch)
     autoglm bench train|cloud|all      benchmarks (cloud/toolkit/bench.py)
     autoglm cloud serve                the cloud inference service (cloud/cli.py)
+    autoglm edge serve                 the edge daemon (edge/cli.py, no torch)
+    autoglm ask PROMPT                 a client of either (edge/ask.py)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "models": ("cloud.toolkit.cli", "build, evaluate and list model packs"),
     "bench": ("cloud.toolkit.bench", "benchmarks that print a table and write JSON"),
     "cloud": ("cloud.cli", "the cloud inference service (cloud serve)"),
+    "edge": ("edge.cli", "the edge daemon (edge serve)"),
+    "ask": ("edge.ask", "send a prompt to an edge daemon or a cloud and print the answer"),
 }
 
 

@@ -42,6 +42,7 @@ from cloud.engine.request import (
 )
 from cloud.engine.scheduler import Scheduler, SchedulerOutput
 from cloud.toolkit.model import GPT
+from shared.sampling import first_stop
 from shared.settings.cloud import EngineSettings
 from shared.tokenizer import Tokenizer
 
@@ -271,10 +272,10 @@ class EngineCore:
 
     @staticmethod
     def _cut_at_stop(req: Request) -> bool:
-        hits = [i for i in (req.text.find(s) for s in req.params.stop) if i >= 0]
-        if hits:
-            req.text = req.text[: min(hits)]
-        return bool(hits)
+        cut = first_stop(req.text, req.params.stop)
+        if cut is not None:
+            req.text = req.text[:cut]
+        return cut is not None
 
     @staticmethod
     def _held_back(req: Request) -> int:

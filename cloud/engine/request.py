@@ -12,12 +12,12 @@ from enum import IntEnum
 
 import torch
 
+from shared.sampling import InvalidRequest, SamplingParams, validate_request
+
+__all__ = ["KV", "InvalidRequest", "Request", "RequestStatus", "SamplingParams", "validate_request"]
+
 # One layer's cache of one sequence: (key, value), each [1, n_head, cache_len, head_dim].
 KV = tuple[torch.Tensor, torch.Tensor]
-
-
-class InvalidRequest(ValueError):
-    """A request the engine refuses before queueing it (maps to INVALID_ARGUMENT)."""
 
 
 class RequestStatus(IntEnum):
@@ -34,58 +34,6 @@ class RequestStatus(IntEnum):
     @property
     def is_finished(self) -> bool:
         return self >= RequestStatus.FINISHED_EOS
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 0  # 0 = the engine's default_max_new_tokens
-    temperature: float = 0.0  # 0 = greedy (argmax)
-    top_p: float = 1.0  # nucleus sampling mass, in (0, 1]; only used when temperature > 0
-    seed: int | None = None  # per-request generator seed; None = nondeterministic
-    stop: list[str] = field(default_factory=list)  # generation ends before any of these strings
-
-
-def validate_request(
-    prompt_ids: list[int],
-    params: SamplingParams,
-    *,
-    max_prompt_tokens: int,
-    max_new_tokens_limit: int,
-    block_size: int,
-    vocab_size: int | None = None,
-    draft_ids: list[int] | None = None,
-) -> None:
-    """Raise :class:`InvalidRequest` with a readable reason if the request cannot be served.
-
-    ``max_prompt_tokens`` 0 means the model's context (``block_size``).
-    """
-    limit = max_prompt_tokens or block_size
-    if not prompt_ids:
-        raise InvalidRequest("prompt is empty")
-    if len(prompt_ids) > limit:
-        raise InvalidRequest(f"prompt has {len(prompt_ids)} tokens; the limit is {limit}")
-    if params.max_new_tokens < 0:
-        raise InvalidRequest(f"max_new_tokens must be >= 0, got {params.max_new_tokens}")
-    if params.max_new_tokens > max_new_tokens_limit:
-        raise InvalidRequest(
-            f"max_new_tokens {params.max_new_tokens} exceeds the limit {max_new_tokens_limit}"
-        )
-    if params.temperature < 0:
-        raise InvalidRequest(f"temperature must be >= 0, got {params.temperature}")
-    if not 0.0 < params.top_p <= 1.0:
-        raise InvalidRequest(f"top_p must be in (0, 1], got {params.top_p}")
-    if any(not s for s in params.stop):
-        raise InvalidRequest("stop strings must not be empty")
-    if len(prompt_ids) + params.max_new_tokens > block_size:
-        raise InvalidRequest(
-            f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({params.max_new_tokens}) "
-            f"exceeds the model's context of {block_size} tokens"
-        )
-    if vocab_size is not None:
-        for name, ids in (("prompt", prompt_ids), ("draft", draft_ids or [])):
-            bad = [t for t in ids if not 0 <= t < vocab_size]
-            if bad:
-                raise InvalidRequest(f"{name} has token ids outside [0, {vocab_size}): {bad[:5]}")
 
 
 @dataclass(eq=False)

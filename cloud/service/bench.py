@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cloud.service.process import CloudServer
+from shared.process import CloudServer
 from shared.rpc import inference_pb2, inference_pb2_grpc
 
 _TOKEN = "bench-overload-token"

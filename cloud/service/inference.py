@@ -25,13 +25,13 @@ from cloud.engine import (
     QueueFull,
     Request,
     RequestStatus,
-    SamplingParams,
     Scheduler,
     SchedulerOutput,
     TokenEvent,
 )
 from cloud.service.metrics import ServiceMetrics
 from shared.rpc import inference_pb2, inference_pb2_grpc
+from shared.sampling import sampling_from_wire
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,6 @@ def metrics_observer(metrics: ServiceMetrics) -> Callable[[SchedulerOutput, Sche
             metrics.observe_batch(len(out.prefill) + len(out.decode))
 
     return observe
-
-
-def sampling_from_wire(s: inference_pb2.SamplingParams) -> SamplingParams:
-    """Engine sampling parameters from the wire's (0 = default, as the proto says)."""
-    return SamplingParams(
-        max_new_tokens=s.max_new_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p if s.top_p != 0 else 1.0,
-        seed=s.seed if s.HasField("seed") else None,
-        stop=list(s.stop),
-    )
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):

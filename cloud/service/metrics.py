@@ -18,47 +18,24 @@ Metric                                         Type       Meaning
 ``autoglm_cloud_in_flight``                    gauge      requests started and not yet finished
 =============================================  =========  ==========================================
 
-Every :class:`ServiceMetrics` owns a :class:`prometheus_client.CollectorRegistry`, so several
-servers (or tests) in one process never clash over metric names.
+Every :class:`ServiceMetrics` has a registry of its own (:class:`shared.metrics.MetricsBase`).
 """
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    start_http_server,
-)
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.metrics import LATENCY_BUCKETS, MetricsBase
 
 PREFIX = "autoglm_cloud_"
-# 1 ms .. 30 s, roughly three buckets per decade.
-LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
-class ServiceMetrics:
+class ServiceMetrics(MetricsBase):
     """The service's counters, gauges and histograms, in a registry of their own."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        super().__init__()
         reg = self.registry
 
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
@@ -133,11 +110,3 @@ class ServiceMetrics:
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
-
-    def start_http(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Serve ``/metrics`` of this registry over HTTP (a daemon thread)."""
-        start_http_server(port, addr=addr, registry=self.registry)
-
-    def render(self) -> bytes:
-        """The metrics in the Prometheus text format."""
-        return generate_latest(self.registry)

@@ -11,14 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from cloud.engine import AsyncEngine, EngineCore
 from cloud.service.auth import BearerAuthInterceptor
@@ -28,6 +25,13 @@ from cloud.service.model_store import ModelStoreServicer
 from cloud.toolkit import weights
 from shared.pack import open_pack
 from shared.rpc import inference_pb2, inference_pb2_grpc, model_store_pb2, model_store_pb2_grpc
+from shared.serving import (
+    ServeError,
+    add_health_and_reflection,
+    bind,
+    set_serving,
+    stop_on_signals,
+)
 from shared.settings.cloud import CloudSettings, ServerTLSSettings
 from shared.tokenizer import tokenizer_from_spec
 
@@ -35,7 +39,6 @@ log = logging.getLogger(__name__)
 
 INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 MODEL_STORE = model_store_pb2.DESCRIPTOR.services_by_name["ModelStore"].full_name
-HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Seconds the server keeps open after the engine drained, to send the last answers.
 STOP_GRACE_S = 2.0
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -59,22 +62,13 @@ def _credentials(tls: ServerTLSSettings) -> grpc.ServerCredentials | None:
     )
 
 
-class ServeError(RuntimeError):
-    """The server cannot start (e.g. the address cannot be bound)."""
-
-
 def _bind(server: grpc.aio.Server, listen: str, tls: ServerTLSSettings) -> str:
     """Open the port; returns the address actually bound (port 0 becomes the real port)."""
     try:
         creds = _credentials(tls)
-        if creds is None:
-            port = server.add_insecure_port(listen)
-        else:
-            port = server.add_secure_port(listen, creds)
     except OSError as exc:  # a certificate or key file that cannot be read
         raise ServeError(f"TLS: {exc}") from None
-    except RuntimeError as exc:  # grpc reports a failed bind this way
-        raise ServeError(f"cannot listen on {listen}: {exc}") from None
+    address = bind(server, listen, creds)
     if creds is None:
         host = listen.rsplit(":", 1)[0]
         if not listen.startswith("unix:") and host not in _LOOPBACK:
@@ -82,9 +76,7 @@ def _bind(server: grpc.aio.Server, listen: str, tls: ServerTLSSettings) -> str:
     else:
         mode = "mutual TLS" if tls.client_ca_file is not None else "TLS"
         log.info("serving with %s", mode)
-    if listen.startswith("unix:"):
-        return listen
-    return f"{listen.rsplit(':', 1)[0]}:{port}"
+    return address
 
 
 async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | None = None) -> None:
@@ -115,6 +107,8 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
             ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing
+            # Edges ping every keepalive_s (default 30 s) while calls are open; allow it.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ],
     )
     inference_pb2_grpc.add_InferenceServicer_to_server(
@@ -123,39 +117,26 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
     model_store_pb2_grpc.add_ModelStoreServicer_to_server(
         ModelStoreServicer(Path(settings.packs_dir)), server
     )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (INFERENCE, MODEL_STORE, HEALTH, reflection.SERVICE_NAME), server
-    )
+    health_servicer = add_health_and_reflection(server, (INFERENCE, MODEL_STORE))
     address = _bind(server, settings.listen, settings.tls)
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
-            log.debug("cannot handle %s here", sig.name)
-
     engine.start()
     try:
         await server.start()
-        for name in ("", INFERENCE, MODEL_STORE):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await set_serving(health_servicer, (INFERENCE, MODEL_STORE))
         if settings.metrics_port > 0:
             metrics.start_http(settings.metrics_port)
             log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
         log.info("serving pack %s on %s", label, address)
         if on_ready is not None:
             on_ready(address)
-        await stop.wait()
+        with stop_on_signals(stop):
+            await stop.wait()
         log.info("shutting down: draining for up to %.1f s", settings.drain_grace_s)
         await health_servicer.enter_graceful_shutdown()
         await engine.drain(settings.drain_grace_s)
         log.info("engine drained")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         await server.stop(STOP_GRACE_S)
         log.info("server stopped")

@@ -23,19 +23,8 @@ def proxy_decoder(
     pack_dir: Path, manifest: Manifest, int8: bool = False, threads: int = 0
 ) -> OnnxDecoder:
     """The pack's proxy on the edge runner (CPU here; GPU providers where available)."""
-    p = manifest.proxy
-    name = p.onnx_int8 if int8 else p.onnx
-    assert name is not None, "this pack has no int8 proxy"
-    return OnnxDecoder(
-        path=pack_dir / name,
-        n_layer=p.n_layer,
-        n_head=p.n_head,
-        head_dim=p.head_dim,
-        context_limit=p.context_limit,
-        eos_id=ByteTokenizer().eos_id,
-        io=p.io,
-        intra_op_threads=threads,
-    )
+    eos = ByteTokenizer().eos_id
+    return OnnxDecoder.from_pack(pack_dir, manifest, eos, int8=int8, intra_op_threads=threads)
 
 
 def run_models(

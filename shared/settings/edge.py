@@ -116,7 +116,13 @@ class CloudCallSettings(Section):
         default=10.0, gt=0.0, le=600.0, description="Deadline of one cloud call, in seconds."
     )
     retries: int = Field(
-        default=2, ge=0, le=10, description="Retries of a failed call (UNAVAILABLE only)."
+        default=2, ge=0, le=4, description="Retries of a failed call (UNAVAILABLE only)."
+    )
+    retry_backoff_s: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=10.0,
+        description="First back-off before a retry; doubles each retry, capped at 10x.",
     )
     breaker_failures: int = Field(
         default=5, ge=1, le=1000, description="Failures in a row that open the circuit breaker."
@@ -209,6 +215,15 @@ class EdgeCloudSettings(Section):
     tls: ClientTLSSettings = Field(
         default_factory=ClientTLSSettings, description="TLS towards the cloud."
     )
+    keepalive_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds between HTTP/2 keep-alive pings while calls are in flight.",
+    )
+    compression: Literal["none", "gzip"] = Field(
+        default="none", description="Compress requests to the cloud (gzip helps on slow links)."
+    )
 
 
 class OnnxSettings(Section):
@@ -235,6 +250,11 @@ class OnnxSettings(Section):
     trt_cache_dir: ExpandedPath | None = Field(
         default=None,
         description="Folder for TensorRT engine caches; unset = under state_dir.",
+    )
+    precision: Literal["fp32", "int8"] = Field(
+        default="fp32",
+        description="Proxy variant to run: int8 is smaller and faster on CPUs, at the token "
+        "agreement the pack records (falls back to fp32 when the pack has no int8 file).",
     )
 
 
@@ -281,6 +301,18 @@ class EdgeSettings(ComponentSettings):
     )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics page; 0 = off."
+    )
+    max_new_tokens_limit: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Largest max_new_tokens an app may ask for (INVALID_ARGUMENT beyond).",
+    )
+    max_message_bytes: int = Field(
+        default=1024 * 1024,
+        ge=64 * 1024,
+        le=1024 * 1024 * 1024,
+        description="Largest gRPC message the local API accepts or sends, in bytes.",
     )
     cloud: EdgeCloudSettings = Field(
         default_factory=EdgeCloudSettings, description="Connection to the cloud."

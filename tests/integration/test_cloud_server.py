@@ -17,7 +17,7 @@ from cloud_server import AUTH, ROOT, make_certs, write_tokens
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cloud.service.process import CloudServer, free_port
+from shared.process import CloudServer, free_port
 from shared.rpc import inference_pb2 as pb
 from shared.rpc import inference_pb2_grpc
 

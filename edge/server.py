@@ -1,0 +1,161 @@
+"""``EdgeDaemon``: the edge's gRPC server, from settings to a clean stop.
+
+Startup: open, verify, load and self-test the pack's proxy, then serve ``Inference`` with health
+and reflection on the local address (loopback TCP or a Unix socket) and, when asked, Prometheus
+metrics. SIGHUP reloads the configured pack path (a ``latest`` symlink re-pointed by a roll-out)
+through the same hot swap the control plane uses. SIGTERM/SIGINT: health goes NOT_SERVING and
+requests in flight get ``STOP_GRACE_S`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from edge.cloud_client import CloudClient
+from edge.metrics import EdgeMetrics
+from edge.proxy import Proxy, ProxyHolder, load_proxy
+from edge.service import EdgeInference
+from shared.pack import PackError
+from shared.rpc import inference_pb2, inference_pb2_grpc
+from shared.serving import add_health_and_reflection, bind, set_serving, stop_on_signals
+from shared.settings.edge import EdgeSettings, RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+STOP_GRACE_S = 5.0
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+class EdgeDaemon:
+    """The proxy, the router, the cloud client and the local API of one device."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        proxy = load_proxy(settings.pack, settings.onnx, settings.state_dir)  # PackError
+        self.proxies = ProxyHolder(proxy)
+        self.metrics = EdgeMetrics()
+        self._show_model(proxy)
+        self.cloud = CloudClient(
+            settings.cloud, settings.runtime.cloud_call, device_id=settings.device_id
+        )
+        self.metrics.watch_breakers(self.cloud.breaker_states)
+        workers = min(4, os.cpu_count() or 1)
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="proxy")
+        self.inference = EdgeInference(
+            self.proxies,
+            self.cloud,
+            settings.runtime,
+            self.metrics,
+            self.executor,
+            max_new_tokens_limit=settings.max_new_tokens_limit,
+        )
+        self.address: str | None = None
+        self._stop = asyncio.Event()
+
+    @property
+    def runtime(self) -> RuntimeSettings:
+        return self.inference.runtime
+
+    def apply_runtime(self, runtime: RuntimeSettings) -> None:
+        """Apply new runtime settings at once (the control plane calls this)."""
+        self.inference.apply_runtime(runtime)
+
+    async def swap_pack(self, pack_dir: Path) -> Proxy:
+        """Load and self-test ``pack_dir`` beside the running proxy, then switch to it.
+
+        On failure (PackError) the running proxy stays and keeps serving."""
+        try:
+            new = await self.proxies.load_and_swap(
+                pack_dir, self.settings.onnx, self.settings.state_dir
+            )
+        except PackError:
+            self.metrics.model_swaps.labels(result="failed").inc()
+            raise
+        self.metrics.model_swaps.labels(result="ok").inc()
+        self._show_model(new)
+        return new
+
+    def _show_model(self, proxy: Proxy) -> None:
+        providers = proxy.decoder.active_providers
+        self.metrics.set_model(proxy.label, proxy.precision, providers)
+        log.info("proxy %s (%s) on %s", proxy.label, proxy.precision, ", ".join(providers))
+
+    async def _reload(self) -> None:
+        """SIGHUP: swap to whatever the configured pack path points at now."""
+        try:
+            new = await self.swap_pack(self.settings.pack)
+        except PackError as exc:
+            log.error("reload refused, keeping %s: %s", self.proxies.current.label, exc)
+            return
+        log.info("reloaded: now serving %s", new.label)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, on_ready: Callable[[str], None] | None = None) -> None:
+        """Serve until :meth:`stop`, SIGTERM or SIGINT; ServeError when the address is unusable."""
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        inference_pb2_grpc.add_InferenceServicer_to_server(self.inference, server)
+        health = add_health_and_reflection(server, (INFERENCE,))
+        listen = self.settings.listen
+        if listen.startswith("unix:"):
+            Path(listen[5:]).parent.mkdir(parents=True, exist_ok=True)
+        elif listen.rsplit(":", 1)[0] not in _LOCAL_HOSTS:
+            log.warning("the local API listens on %s, beyond this device, without TLS", listen)
+        self.address = bind(server, listen, None)
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self._reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        try:
+            await server.start()
+            await set_serving(health, (INFERENCE,))
+            if self.settings.metrics_port > 0:
+                self.metrics.start_http(self.settings.metrics_port)
+                log.info("metrics on http://127.0.0.1:%d/metrics", self.settings.metrics_port)
+            with stop_on_signals(self._stop):
+                try:
+                    loop.add_signal_handler(signal.SIGHUP, on_hup)
+                except (NotImplementedError, RuntimeError):
+                    log.debug("no SIGHUP reload here")
+                log.info(
+                    "edge %s serving %s on %s (cloud: %s)",
+                    self.settings.device_id,
+                    self.proxies.current.label,
+                    self.address,
+                    ", ".join(self.cloud.targets),
+                )
+                if on_ready is not None:
+                    on_ready(self.address)
+                await self._stop.wait()
+            log.info("shutting down: requests in flight get %.1f s", STOP_GRACE_S)
+            await health.enter_graceful_shutdown()
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            await server.stop(STOP_GRACE_S)
+            await self.cloud.close()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            log.info("edge stopped")

@@ -1,0 +1,72 @@
+"""What the edge's and the cloud's gRPC servers share: binding, health and reflection, signals.
+
+Kept free of torch and onnxruntime, like all of ``shared``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class ServeError(RuntimeError):
+    """The server cannot start (e.g. the address cannot be bound)."""
+
+
+def bind(server: grpc.aio.Server, listen: str, creds: grpc.ServerCredentials | None) -> str:
+    """Open the port; returns the address actually bound (port 0 becomes the real port)."""
+    try:
+        if creds is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, creds)
+    except RuntimeError as exc:  # grpc reports a failed bind this way
+        raise ServeError(f"cannot listen on {listen}: {exc}") from None
+    if listen.startswith("unix:"):
+        return listen
+    return f"{listen.rsplit(':', 1)[0]}:{port}"
+
+
+def add_health_and_reflection(
+    server: grpc.aio.Server, services: Sequence[str]
+) -> health.aio.HealthServicer:  # type: ignore[name-defined]
+    """The standard health service (set SERVING with :func:`set_serving`) and reflection."""
+    servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    reflection.enable_server_reflection((*services, HEALTH, reflection.SERVICE_NAME), server)
+    return servicer
+
+
+async def set_serving(servicer: health.aio.HealthServicer, services: Sequence[str]) -> None:  # type: ignore[name-defined]
+    for name in ("", *services):
+        await servicer.set(name, SERVING)
+
+
+@contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM or SIGINT while the block runs (main thread only)."""
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            log.debug("cannot handle %s here", sig.name)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
