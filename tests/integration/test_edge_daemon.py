@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +14,8 @@ import pytest
 from cloud_server import write_tokens
 from hybrid import ask, edge_config, prompts, route
 
-from shared.process import CloudServer, EdgeServer
+from shared.cli import main
+from shared.process import CloudServer, EdgeServer, free_port
 from shared.rpc import inference_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -62,7 +65,8 @@ def cloud(
 def edge(
     quick_pack: Path, workdir: Path, cloud: CloudServer, token_args: tuple[list[str], list[str]]
 ) -> Iterator[EdgeServer]:
-    server = EdgeServer(quick_pack, workdir, clouds=[cloud.address], args=token_args[1])
+    metrics = ["--metrics-port", str(free_port())]
+    server = EdgeServer(quick_pack, workdir, clouds=[cloud.address], args=token_args[1] + metrics)
     server.wait_serving()
     yield server
     server.stop()
@@ -141,6 +145,31 @@ def test_malformed_requests_get_invalid_argument_and_the_daemon_keeps_serving(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason in str(err.value.details())
     assert ask(edge, "rev abc=").text == "cba"
+
+
+def test_autoglm_ask_prints_the_answer_and_its_metadata(
+    edge: EdgeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`autoglm ask` for people (answer + route line) and for scripts (--json)."""
+    assert main(["ask", "--target", edge.address, "rev xyz="]) == 0
+    text, meta = capsys.readouterr().out.splitlines()
+    assert text == "zyx" and "route=EDGE " in meta and "edge=quick/" in meta and "total=" in meta
+    assert main(["ask", "--target", edge.address, "--json", "--route", "cloud", "rev abc="]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["route"] == "ROUTE_CLOUD" and answer["models"]["cloud_pack"]
+    assert main(["ask", "--target", edge.address, ""]) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+def test_metrics_count_requests_by_route_and_show_the_model(edge: EdgeServer) -> None:
+    """The Prometheus page counts answers by route and names the pack and providers in use."""
+    ask(edge, "rev metrics=")
+    port = edge.log().split("metrics on http://127.0.0.1:")[1].split("/")[0]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    assert 'autoglm_edge_requests_total{route="edge",status="ok"}' in text
+    assert 'providers="CPUExecutionProvider"' in text
+    assert "autoglm_edge_breaker_open" in text
 
 
 def test_stream_ends_with_the_same_final_answer(edge: EdgeServer) -> None:
