@@ -1,10 +1,11 @@
 """The answer cache: repeated deterministic requests are answered without running any model.
 
-Only deterministic requests are cached (greedy, or sampled with a fixed seed): the key is the
-proxy's pack version, the prompt, every sampling parameter and the route mode, so a new pack or a
-different parameter never hits an old answer. Entries are bounded (least recently used go first)
-and expire after a TTL; degraded answers (route EDGE_FALLBACK) are never stored. The cache is
-rebuilt, empty, when operators change its size or TTL.
+Only deterministic requests are cached (greedy, or sampled with a fixed seed). The key is the
+proxy's pack version, the prompt, every sampling parameter, the route mode and the threshold
+(in auto mode it decides between the proxy's and the full model's answer), so a new pack, a
+different parameter or a new threshold never hits an old answer. Entries are bounded (least
+recently used go first) and expire after a TTL; degraded answers (route EDGE_FALLBACK) are never
+stored. The cache is rebuilt, empty, when operators change its size or TTL.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from shared.settings.edge import CacheSettings
 CacheKey = tuple[Hashable, ...]
 
 
-def cache_key(pack_version: str, prompt: str, params: SamplingParams, mode: str) -> CacheKey:
-    """The identity of a deterministic request's answer."""
+def cache_key(
+    pack_version: str, prompt: str, params: SamplingParams, mode: str, threshold: float
+) -> CacheKey:
+    """The identity of a deterministic request's answer (the threshold decides its route)."""
     return (
+        threshold,
         pack_version,
         prompt,
         params.max_new_tokens,

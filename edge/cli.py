@@ -26,6 +26,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="cloud target (repeat for several: balanced round-robin with failover)",
     )
     s.add_argument("--device-id", help="this device's id (default: the host name)")
+    s.add_argument(
+        "--mqtt", metavar="HOST:PORT", help="MQTT broker of the control plane (turns it on)"
+    )
+    s.add_argument("--fleet", help="fleet the device belongs to (MQTT topics)")
     s.add_argument("--metrics-port", type=int, help="Prometheus /metrics port; 0 = off")
     s.add_argument("--state-dir", type=Path, help="folder for state that survives restarts")
     s.add_argument("--cloud-token-file", type=Path, help="file holding the bearer token")
@@ -46,6 +50,9 @@ def _serve(args: argparse.Namespace) -> int:
         "listen": args.listen,
         "cloud.targets": args.cloud,
         "device_id": args.device_id,
+        "fleet": args.fleet,
+        "mqtt.broker": args.mqtt,
+        "mqtt.enabled": True if args.mqtt else None,
         "metrics_port": args.metrics_port,
         "state_dir": args.state_dir,
         "onnx.precision": args.precision,

@@ -21,7 +21,8 @@ from typing import Any, cast
 import grpc
 
 from edge.breaker import CircuitBreaker
-from shared.rpc import inference_pb2, inference_pb2_grpc
+from shared.pack_fetch import fetch_pack
+from shared.rpc import inference_pb2, inference_pb2_grpc, model_store_pb2_grpc
 from shared.settings.edge import CloudCallSettings, EdgeCloudSettings
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,19 @@ class CloudClient:
         code = grpc.StatusCode.DEADLINE_EXCEEDED if deadline_passed else grpc.StatusCode.UNAVAILABLE
         raise CloudUnavailable("; ".join(problems), code)
 
+    async def fetch_pack(self, name: str, version: str, dest_root: Path) -> Path:
+        """Download a pack over ModelStore from the first target that serves it, verified and
+        moved into ``dest_root/name/version`` (see :func:`shared.pack_fetch.fetch_pack`)."""
+        problems = []
+        for target in self.targets:
+            self._stub(target)  # opens the target's channel
+            stub = _Authorized(model_store_pb2_grpc.ModelStoreStub(self._channels[target]), self)
+            try:
+                return await fetch_pack(stub, name, version, dest_root)
+            except grpc.aio.AioRpcError as exc:
+                problems.append(f"{target}: {exc.code().name} ({exc.details()})")
+        raise CloudUnavailable("; ".join(problems), grpc.StatusCode.UNAVAILABLE)
+
     def reconfigure(self, call: CloudCallSettings) -> None:
         """Apply new call settings now; channels are rebuilt when the retry policy changed.
 
@@ -207,6 +221,16 @@ class CloudClient:
                 code.name,
                 self._call.breaker_cooldown_s,
             )
+
+
+class _Authorized:
+    """A ModelStore stub that sends the client's token with every call."""
+
+    def __init__(self, stub: Any, client: CloudClient) -> None:
+        self._stub, self._client = stub, client
+
+    def FetchPack(self, request: Any) -> Any:  # the gRPC method's name
+        return self._stub.FetchPack(request, metadata=self._client._metadata)
 
 
 def channel_options(cloud: EdgeCloudSettings, call: CloudCallSettings) -> list[tuple[str, Any]]:

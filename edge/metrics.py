@@ -20,8 +20,12 @@ Metric                                                    Type       Meaning
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.metrics import LATENCY_BUCKETS, MetricsBase
@@ -73,6 +77,7 @@ class EdgeMetrics(MetricsBase):
             ["pack", "precision", "providers"],
             registry=reg,
         )
+        self.window = TelemetryWindow()
         self.model_swaps = Counter(
             PREFIX + "model_swaps_total", "Hot swaps by result.", ["result"], registry=reg
         )
@@ -94,3 +99,63 @@ class EdgeMetrics(MetricsBase):
         self.requests.labels(route=route, status=status).inc()
         if status == "ok":
             self.request_seconds.labels(route=route).observe(seconds)
+        self.window.record(route, status, seconds)
+
+    def cloud_failed(self, code: str) -> None:
+        self.cloud_errors.labels(code=code).inc()
+        self.window.record_cloud_error()
+
+
+@dataclass
+class WindowStats:
+    """What happened since the previous telemetry message."""
+
+    requests: dict[str, int] = field(default_factory=dict)  # answered, by route
+    errors: int = 0  # refused or failed
+    cloud_errors: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p95 of answered requests
+
+    @property
+    def answered(self) -> int:
+        return sum(self.requests.values())
+
+    @property
+    def escalation_share(self) -> float:
+        """Share of answered requests that went to the cloud (answered there or fallen back)."""
+        sent = self.requests.get("cloud", 0) + self.requests.get("edge_fallback", 0)
+        return sent / self.answered if self.answered else 0.0
+
+
+class TelemetryWindow:
+    """Request outcomes since the last :meth:`drain`, bounded (oldest dropped), thread-safe.
+
+    Histogram buckets are too coarse for p50/p95 of millisecond answers, so the window keeps
+    the latencies themselves (at most ``max_samples``)."""
+
+    def __init__(self, max_samples: int = 100_000) -> None:
+        self._lock = threading.Lock()
+        self._samples: deque[tuple[str, str, float]] = deque(maxlen=max_samples)
+        self._cloud_errors = 0
+
+    def record(self, route: str, status: str, seconds: float) -> None:
+        with self._lock:
+            self._samples.append((route, status, seconds))
+
+    def record_cloud_error(self) -> None:
+        with self._lock:
+            self._cloud_errors += 1
+
+    def drain(self) -> WindowStats:
+        with self._lock:
+            samples, self._samples = self._samples, deque(maxlen=self._samples.maxlen)
+            cloud_errors, self._cloud_errors = self._cloud_errors, 0
+        stats = WindowStats(cloud_errors=cloud_errors)
+        ok = [s for r, st, s in samples if st == "ok"]
+        stats.errors = len(samples) - len(ok)
+        for route, status, _ in samples:
+            if status == "ok":
+                stats.requests[route] = stats.requests.get(route, 0) + 1
+        if ok:
+            p50, p95 = np.percentile(np.asarray(ok) * 1e3, [50, 95])
+            stats.latency_ms = {"p50": round(float(p50), 3), "p95": round(float(p95), 3)}
+        return stats

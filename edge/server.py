@@ -14,14 +14,18 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 
+from edge.agent import EdgeAgent
 from edge.cloud_client import CloudClient
+from edge.desired import DesiredState
 from edge.metrics import EdgeMetrics
+from edge.packs import PackHistory
 from edge.proxy import Proxy, ProxyHolder, load_proxy
 from edge.service import EdgeInference
 from shared.pack import PackError
@@ -42,26 +46,37 @@ class EdgeDaemon:
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        proxy = load_proxy(settings.pack, settings.onnx, settings.state_dir)  # PackError
-        self.proxies = ProxyHolder(proxy)
+        self.started = time.monotonic()
+        self.desired = DesiredState(settings.runtime, settings.state_dir)
+        runtime = self.desired.load()  # the last applied configuration, broker or not
+        self.history = PackHistory(settings.state_dir)
+        self.proxies = ProxyHolder(self._startup_proxy())
         self.metrics = EdgeMetrics()
-        self._show_model(proxy)
-        self.cloud = CloudClient(
-            settings.cloud, settings.runtime.cloud_call, device_id=settings.device_id
-        )
+        self._show_model(self.proxies.current)
+        self.cloud = CloudClient(settings.cloud, runtime.cloud_call, device_id=settings.device_id)
         self.metrics.watch_breakers(self.cloud.breaker_states)
         workers = min(4, os.cpu_count() or 1)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="proxy")
         self.inference = EdgeInference(
             self.proxies,
             self.cloud,
-            settings.runtime,
+            runtime,
             self.metrics,
             self.executor,
             max_new_tokens_limit=settings.max_new_tokens_limit,
         )
         self.address: str | None = None
         self._stop = asyncio.Event()
+
+    def _startup_proxy(self) -> Proxy:
+        """The pack a roll-out left in force, when it still loads; else the configured one."""
+        s = self.settings
+        if self.history.current is not None:
+            try:
+                return load_proxy(self.history.current, s.onnx, s.state_dir)
+            except PackError as exc:
+                log.warning("cannot run the saved pack, using %s: %s", s.pack, exc)
+        return load_proxy(s.pack, s.onnx, s.state_dir)  # PackError: the daemon cannot start
 
     @property
     def runtime(self) -> RuntimeSettings:
@@ -75,6 +90,7 @@ class EdgeDaemon:
         """Load and self-test ``pack_dir`` beside the running proxy, then switch to it.
 
         On failure (PackError) the running proxy stays and keeps serving."""
+        old = self.proxies.current
         try:
             new = await self.proxies.load_and_swap(
                 pack_dir, self.settings.onnx, self.settings.state_dir
@@ -82,6 +98,10 @@ class EdgeDaemon:
         except PackError:
             self.metrics.model_swaps.labels(result="failed").inc()
             raise
+        try:
+            self.history.switched(new.pack_dir, old.pack_dir)
+        except OSError as exc:
+            log.warning("swapped, but cannot record it in %s: %s", self.history.path, exc)
         self.metrics.model_swaps.labels(result="ok").inc()
         self._show_model(new)
         return new
@@ -99,6 +119,13 @@ class EdgeDaemon:
             log.error("reload refused, keeping %s: %s", self.proxies.current.label, exc)
             return
         log.info("reloaded: now serving %s", new.label)
+
+    async def rollback(self) -> Proxy:
+        """Swap back to the pack that ran before the last swap; PackError when there is none."""
+        previous = self.history.previous
+        if previous is None:
+            raise PackError("no previous pack to roll back to")
+        return await self.swap_pack(previous)
 
     def stop(self) -> None:
         self._stop.set()
@@ -129,9 +156,12 @@ class EdgeDaemon:
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
+        agent = EdgeAgent(self, loop) if self.settings.mqtt.enabled else None
         try:
             await server.start()
             await set_serving(health, (INFERENCE,))
+            if agent is not None:
+                agent.start()
             if self.settings.metrics_port > 0:
                 self.metrics.start_http(self.settings.metrics_port)
                 log.info("metrics on http://127.0.0.1:%d/metrics", self.settings.metrics_port)
@@ -153,6 +183,8 @@ class EdgeDaemon:
             log.info("shutting down: requests in flight get %.1f s", STOP_GRACE_S)
             await health.enter_graceful_shutdown()
         finally:
+            if agent is not None:
+                await agent.stop()
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await server.stop(STOP_GRACE_S)

@@ -163,7 +163,8 @@ class EdgeInference(inference_pb2_grpc.InferenceServicer):
         prompt_ids = proxy.tokenizer.encode(request.prompt)
         n_prompt = len(prompt_ids)
 
-        key = cache_key(proxy.version, request.prompt, params, mode)
+        threshold = proxy.threshold(rt.routing) if mode == "auto" else 0.0
+        key = cache_key(proxy.version, request.prompt, params, mode, threshold)
         if params.deterministic:
             since = time.monotonic()
             cached = self.cache.get(key)
@@ -180,7 +181,7 @@ class EdgeInference(inference_pb2_grpc.InferenceServicer):
             params.max_new_tokens,
             context_limit=proxy.decoder.context_limit,
             proxy_max_new_tokens=proxy.max_new_tokens,
-            threshold=proxy.threshold(rt.routing),
+            threshold=threshold,
         )
         draft: DecodeResult | None = None
         reason = plan.escalate
@@ -205,7 +206,7 @@ class EdgeInference(inference_pb2_grpc.InferenceServicer):
             raise
         except CloudError as exc:
             t.add("cloud", since)
-            self.metrics.cloud_errors.labels(code=exc.code.name).inc()
+            self.metrics.cloud_failed(exc.code.name)
             log.warning("%s: cloud failed (%s): %s", rid, exc.code.name, exc)
             if rt.fallback.on_cloud_failure == "fail" or not plan.proxy_fits:
                 raise

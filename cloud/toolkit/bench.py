@@ -1,7 +1,8 @@
-"""``autoglm bench train``: training-step time of the demo recipe, fp32 against bf16 autocast.
+"""``autoglm bench``: the benchmarks' command line; ``train`` (training-step time of the demo
+recipe, fp32 against bf16 autocast) lives here, the others next to what they measure.
 
-Both variants run the same batches on the same model shapes, interleaved round by round so that
-a noisy neighbour slows both alike; the table reports medians and their ratio.
+Variants run the same inputs, interleaved round by round so that a noisy neighbour slows both
+alike; the tables report medians and their ratios.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def register(parser: argparse.ArgumentParser) -> None:
             "overload",
             "the real server flooded with 10x its queue bound: time to RESOURCE_EXHAUSTED",
         ),
+        (
+            "edge",
+            "edge daemon overhead over gRPC, KV cache vs recomputation, int8 vs fp32 proxy",
+        ),
         ("all", "every benchmark above"),
     ):
         b = sub.add_parser(name, help=help_text)
@@ -33,14 +38,23 @@ def register(parser: argparse.ArgumentParser) -> None:
             b.add_argument(
                 "--steps", type=int, default=20, help="train: steps per variant and round"
             )
-        if name in ("train", "cloud", "all"):
-            b.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
-        if name in ("cloud", "overload", "all"):
+        if name in ("train", "cloud", "edge", "all"):
+            b.add_argument(
+                "--rounds",
+                type=int,
+                default=5 if name == "edge" else 3,
+                help="interleaved rounds (medians)",
+            )
+        if name in ("cloud", "overload", "edge", "all"):
             b.add_argument("--pack", type=Path, default=Path("packs/demo/latest"), help="pack")
         if name in ("overload", "all"):
             b.add_argument("--queue-bound", type=int, default=16, help="overload: max_waiting")
             b.add_argument("--factor", type=int, default=10, help="overload: requests per bound")
             b.add_argument("--max-batch", type=int, default=4, help="overload: max_batch_size")
+        if name in ("edge", "all"):
+            b.add_argument(
+                "--requests", type=int, default=50, help="edge: requests per variant and round"
+            )
         if name in ("cloud", "all"):
             b.add_argument("--levels", default="1,4,16,32", help="cloud: concurrent streams")
             b.add_argument("--per-stream", type=int, default=16, help="cloud: requests per stream")
@@ -190,6 +204,78 @@ def _run_overload(args: argparse.Namespace) -> None:
     _write(args, "overload", r)
 
 
+def _run_edge(args: argparse.Namespace) -> None:
+    from edge.bench import bench_edge
+
+    r = bench_edge(args.pack, args.rounds, args.requests)
+    th = r["onnx_threads"]
+    print(
+        f"edge on {r['pack']}: {args.rounds} interleaved rounds x {args.requests} requests per "
+        f"variant; ONNX Runtime {r['onnxruntime']}, {th['intra_op']} intra-op / "
+        f"{th['inter_op']} inter-op thread(s) everywhere"
+    )
+    d = r["daemon_overhead"]
+    print(
+        f"\n1. daemon overhead: test prompts, greedy, max_new_tokens {d['max_new_tokens']}, "
+        f"edge only, answer cache off (routes: {d['routes']})"
+    )
+    print(f"{'':<28} {'p50':>8} {'p95':>8}")
+    for key, label in (
+        ("daemon", "daemon over gRPC"),
+        ("in_process", "same decoding in process"),
+        ("health_check", "health check (gRPC floor)"),
+    ):
+        print(f"{label:<28} {d[key]['p50_ms']:>6.2f}ms {d[key]['p95_ms']:>6.2f}ms")
+    rounds = ", ".join(f"{x:.2f}" for x in d["p50_ratio_per_round"])
+    print(
+        f"p50 ratio {d['p50_ratio']:.2f}x (target <= {d['target_p50_ratio']}); per round: {rounds}"
+    )
+    o = d["overhead_p50_ms"]
+    print(
+        f"where the {o['total']:.2f} ms go (p50): gRPC and wire {o['grpc_and_wire']:.2f} ms, "
+        f"servicer {o['servicer']:.2f} ms, executor hop {o['executor_hop']:.2f} ms; "
+        f"answers identical: {d['answers_identical']:.0%}"
+    )
+    lo = d["long_answer"]
+    print(
+        f"longest answer ({lo['prompt']!r}, max_new_tokens {lo['max_new_tokens']}): daemon "
+        f"{lo['daemon']['p50_ms']:.2f} ms, in process {lo['in_process']['p50_ms']:.2f} ms, "
+        f"ratio {lo['p50_ratio']:.2f}x (overhead {lo['overhead_p50_ms']['total']:.2f} ms)"
+    )
+    k = r["kv_cache"]
+    print(
+        f"\n2. KV cache against recomputing the whole sequence (target >= {k['target_speedup']}x)"
+    )
+    print(
+        f"{'row':>3} {'prompt':>6} {'new':>4} {'context':>7} {'KV cache':>9} {'recompute':>10} "
+        f"{'speed-up':>9}   last call: 1 token cached / whole sequence"
+    )
+    for i, row in enumerate(k["rows"], 1):
+        st = row["last_step"]
+        print(
+            f"{i:>3} {row['prompt_tokens']:>6} {row['new_tokens']:>4} {row['context_limit']:>7} "
+            f"{row['kv_cache_ms']:>7.2f}ms {row['recompute_ms']:>8.2f}ms {row['speedup']:>8.2f}x   "
+            f"{st['one_token_with_cache_ms']:.3f} ms / {st['whole_sequence_ms']:.3f} ms "
+            f"({st['sequence_tokens']} tokens)"
+        )
+    for i, row in enumerate(k["rows"], 1):
+        print(f"  row {i}: {row['row']}")
+    q = r["int8"]
+    print("\n3. int8 against fp32 proxy (same prompts, in process)")
+    if "skipped" in q:
+        print(f"skipped: {q['skipped']}")
+    else:
+        print(f"{'':<6} {'p50':>8} {'p95':>8}")
+        for key in ("fp32", "int8"):
+            print(f"{key:<6} {q[key]['p50_ms']:>6.2f}ms {q[key]['p95_ms']:>6.2f}ms")
+        print(
+            f"int8 speed-up (p50) {q['int8_speedup']:.2f}x; greedy agreement on {q['prompts']} "
+            f"prompts: tokens {q['token_agreement']:.1%}, whole answers {q['answer_agreement']:.1%}"
+        )
+    print(f"\nproviders: {d['providers']['in_process']} (available: {r['available_providers']})")
+    _write(args, "edge", r)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.bench in ("train", "all"):
         _run_train(args)
@@ -197,4 +283,6 @@ def _run(args: argparse.Namespace) -> int:
         _run_cloud(args)
     if args.bench in ("overload", "all"):
         _run_overload(args)
+    if args.bench in ("edge", "all"):
+        _run_edge(args)
     return 0

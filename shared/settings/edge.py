@@ -262,7 +262,9 @@ class MqttSettings(Section):
     """The MQTT broker of the control plane."""
 
     enabled: bool = Field(
-        default=True, description="Connect to the broker (off: no remote control, no telemetry)."
+        default=False,
+        description="Connect to the broker (`--mqtt HOST:PORT` turns it on); off: no remote "
+        "control, no telemetry (the saved configuration and pack still apply).",
     )
     broker: HostPort = Field(default="127.0.0.1:1883", description="Broker address, host:port.")
     username: str | None = Field(default=None, description="User name at the broker.")

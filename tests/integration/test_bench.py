@@ -76,3 +76,27 @@ def test_bench_overload_refuses_what_does_not_fit(
     assert r["ok"] >= 3 and r["resource_exhausted"] >= 1
     assert r["ok"] + r["resource_exhausted"] == r["requests"]
     assert "RESOURCE_EXHAUSTED" in capsys.readouterr().out
+
+
+def test_bench_edge_reports_daemon_overhead_kv_cache_and_int8(
+    quick_pack: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tiny run: the real daemon answers at the edge, the KV rows decode exactly 64 tokens the
+    same way with and without the cache, and int8 is compared with fp32 (values, not speed)."""
+    argv = ["bench", "edge", "--pack", str(quick_pack), "--rounds", "1", "--requests", "3"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "edge.json").read_text())
+    d = r["daemon_overhead"]
+    assert d["routes"] == {"ROUTE_EDGE": 3} and d["answers_identical"] == 1.0
+    assert d["p50_ratio"] > 0 and d["in_process"]["p50_ms"] > 0 and d["daemon"]["p50_ms"] > 0
+    assert d["long_answer"]["answers_identical"] == 1.0
+    assert "CPUExecutionProvider" in d["providers"]["in_process"]
+    random_rows, proxy_row = r["kv_cache"]["rows"][:2], r["kv_cache"]["rows"][2]
+    assert [row["new_tokens"] for row in random_rows] == [64, 64]
+    assert all(row["same_tokens_without_cache"] for row in r["kv_cache"]["rows"])
+    assert all(row["speedup"] > 0 for row in r["kv_cache"]["rows"])
+    assert proxy_row["prompt_tokens"] + proxy_row["new_tokens"] <= proxy_row["context_limit"]
+    q = r["int8"]
+    assert q["prompts"] == 3 and q["int8_speedup"] > 0
+    assert 0 <= q["token_agreement"] <= 1 and 0 <= q["answer_agreement"] <= 1
+    assert "KV cache" in capsys.readouterr().out

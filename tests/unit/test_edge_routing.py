@@ -44,10 +44,10 @@ def test_edge_only_beyond_the_proxy_context_is_invalid() -> None:
 def test_route_preference_overrides_the_configured_mode() -> None:
     """AUTO keeps the daemon's mode; EDGE_ONLY / CLOUD_ONLY win; unknown values are refused."""
     assert router.resolve_mode(pb.ROUTE_PREFERENCE_AUTO, "cloud_only") == "cloud_only"
-    assert router.resolve_mode(pb.ROUTE_PREFERENCE_EDGE_ONLY, "auto") == "edge_only"
-    assert router.resolve_mode(pb.ROUTE_PREFERENCE_CLOUD_ONLY, "auto") == "cloud_only"
+    assert router.resolve_mode(pb.ROUTE_PREFERENCE_EDGE_ONLY, "auto", 0.5) == "edge_only"
+    assert router.resolve_mode(pb.ROUTE_PREFERENCE_CLOUD_ONLY, "auto", 0.5) == "cloud_only"
     with pytest.raises(InvalidRequest, match="RoutePreference"):
-        router.resolve_mode(9, "auto")
+        router.resolve_mode(9, "auto", 0.5)
 
 
 def _answer(text: str, route: int = pb.ROUTE_EDGE) -> pb.GenerateResponse:
@@ -56,15 +56,16 @@ def _answer(text: str, route: int = pb.ROUTE_EDGE) -> pb.GenerateResponse:
 
 def test_cache_key_changes_with_pack_prompt_parameters_and_mode() -> None:
     """Any difference that could change the answer gives a different key."""
-    base = cache_key("v1", "p", SamplingParams(8), "auto")
-    assert base == cache_key("v1", "p", SamplingParams(8), "auto")
+    base = cache_key("v1", "p", SamplingParams(8), "auto", 0.5)
+    assert base == cache_key("v1", "p", SamplingParams(8), "auto", 0.5)
     others = [
-        cache_key("v2", "p", SamplingParams(8), "auto"),
-        cache_key("v1", "q", SamplingParams(8), "auto"),
-        cache_key("v1", "p", SamplingParams(9), "auto"),
-        cache_key("v1", "p", SamplingParams(8, stop=["x"]), "auto"),
-        cache_key("v1", "p", SamplingParams(8, temperature=1.0, seed=1), "auto"),
-        cache_key("v1", "p", SamplingParams(8), "cloud_only"),
+        cache_key("v2", "p", SamplingParams(8), "auto", 0.5),
+        cache_key("v1", "q", SamplingParams(8), "auto", 0.5),
+        cache_key("v1", "p", SamplingParams(9), "auto", 0.5),
+        cache_key("v1", "p", SamplingParams(8, stop=["x"]), "auto", 0.5),
+        cache_key("v1", "p", SamplingParams(8, temperature=1.0, seed=1), "auto", 0.5),
+        cache_key("v1", "p", SamplingParams(8), "cloud_only", 0.5),
+        cache_key("v1", "p", SamplingParams(8), "auto", 0.6),
     ]
     assert base not in others and len(set(others)) == len(others)
 

@@ -1,0 +1,316 @@
+"""The edge's MQTT agent: desired/reported configuration, status, telemetry, roll-outs, commands.
+
+paho-mqtt runs its network loop in its own thread; every message is handed to the daemon's
+asyncio loop (``run_coroutine_threadsafe``), where one lock serialises configuration and model
+changes. Subscriptions are made in ``on_connect`` so that a reconnect restores them; paho retries
+with capped exponential delays, and a refusal of the credentials stops retrying (an error in
+the log, no storm). The Last Will marks the device ``lost``; a clean stop publishes ``offline``.
+One handler's failure is logged and never stops the others. Topics and payloads:
+:mod:`shared.control` and docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.cloud_client import CloudError
+from edge.desired import Doc, Scope
+from shared import control as c
+from shared.mqtt import Will, build_client, refused_for_good, split_host_port
+from shared.pack import PackError, open_pack
+
+if TYPE_CHECKING:
+    from edge.server import EdgeDaemon
+
+log = logging.getLogger(__name__)
+
+PUBLISH_WAIT_S = 2.0
+
+
+def _software() -> str:
+    try:
+        return version("open-autoglm")
+    except PackageNotFoundError:
+        return "dev"
+
+
+class EdgeAgent:
+    """Connects one daemon to the control plane."""
+
+    def __init__(self, daemon: EdgeDaemon, loop: asyncio.AbstractEventLoop) -> None:
+        self.daemon = daemon
+        self.loop = loop
+        s = daemon.settings
+        self.device_id = s.device_id
+        self.topics = c.Topics(s.fleet, s.device_id)
+        self._lock = asyncio.Lock()  # one configuration or model change at a time
+        self._failed: set[tuple[str, str]] = set()  # announced packs that failed here
+        self._telemetry: asyncio.Task[None] | None = None
+        password = s.mqtt.password.get_secret_value() if s.mqtt.password else None
+        self.client = build_client(
+            f"autoglm-edge-{s.fleet}-{s.device_id}",
+            username=s.mqtt.username,
+            password=password,
+            tls=s.mqtt.tls,
+            will=Will(self.topics.status, c.dump(self.status("lost"))),
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; the daemon serves whether or not the broker is there."""
+        host, port = split_host_port(self.daemon.settings.mqtt.broker)
+        self.client.connect_async(host, port, keepalive=self.daemon.settings.mqtt.keepalive_s)
+        self.client.loop_start()
+        self._telemetry = self.loop.create_task(self._telemetry_loop())
+        log.info("MQTT: connecting to %s as %s", self.daemon.settings.mqtt.broker, self.device_id)
+
+    async def stop(self) -> None:
+        """Publish ``offline`` (when connected), disconnect, stop the network thread."""
+        if self._telemetry is not None:
+            self._telemetry.cancel()
+        if self.client.is_connected():
+            info = self._publish(self.topics.status, self.status("offline"), retain=True)
+            await asyncio.to_thread(info.wait_for_publish, PUBLISH_WAIT_S)
+        self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
+
+    # -- paho callbacks (network thread) -------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        if reason.is_failure:
+            if refused_for_good(reason):
+                log.error("MQTT: broker refused us (%s); not retrying: fix the credentials", reason)
+                client.disconnect()
+            else:
+                log.warning("MQTT: connection refused (%s); retrying", reason)
+            return
+        t = self.topics
+        client.subscribe(
+            [(t.fleet_desired, 1), (t.device_desired, 1), (t.announce, 1), (t.commands, 1)]
+        )
+        self._publish(t.status, self.status("online"), retain=True)
+        log.info("MQTT: connected to %s", self.daemon.settings.mqtt.broker)
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("MQTT: disconnected (%s); reconnecting", reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        asyncio.run_coroutine_threadsafe(
+            self._handle(msg.topic, bytes(msg.payload), getattr(msg, "properties", None)),
+            self.loop,
+        )
+
+    # -- handlers (event loop) -----------------------------------------------------------------
+
+    async def _handle(self, topic: str, payload: bytes, props: Properties | None) -> None:
+        t = self.topics
+        try:
+            if not payload and topic != t.commands.rsplit("/", 1)[0]:
+                log.info("MQTT: %s cleared; keeping what is in force", topic)
+            elif topic == t.fleet_desired:
+                await self._desired("fleet", payload)
+            elif topic == t.device_desired:
+                await self._desired("device", payload)
+            elif topic == t.announce:
+                await self._announce(payload)
+            elif topic.startswith(t.commands[:-1]):
+                await self._command(topic.rsplit("/", 1)[1], payload, props)
+        except Exception:
+            log.exception("MQTT: handling %s failed", topic)
+
+    async def _desired(self, scope: Scope, payload: bytes) -> None:
+        async with self._lock:
+            try:
+                doc = c.parse(c.DesiredConfig, payload)
+            except c.PayloadError as exc:
+                self._report(scope, _version_in(payload), 400, "invalid document", exc.problems)
+                return
+            state = self.daemon.desired
+            proposal = state.propose(scope, Doc(doc.version, doc.patch()))
+            if proposal is None:
+                log.info("MQTT: %s config v%d is not newer: ignored", scope, doc.version)
+                return
+            if proposal.settings is None:
+                self._report(scope, doc.version, 400, "rejected", proposal.errors)
+                return
+            old = self.daemon.runtime
+            try:
+                self.daemon.apply_runtime(proposal.settings)
+                state.commit(proposal)
+            except Exception as exc:
+                self.daemon.apply_runtime(old)
+                log.exception("MQTT: applying %s config v%d failed", scope, doc.version)
+                self._report(scope, doc.version, 500, f"applying failed, rolled back: {exc}", [])
+                return
+            log.info("MQTT: applied %s config v%d", scope, doc.version)
+            self._report(scope, doc.version, 200, "applied", [])
+            self._publish(self.topics.status, self.status("online"), retain=True)
+
+    async def _announce(self, payload: bytes) -> None:
+        try:
+            ann = c.parse(c.ModelAnnouncement, payload)
+        except c.PayloadError as exc:
+            log.warning("MQTT: invalid model announcement: %s", exc)
+            return
+        if not ann.targets(self.device_id):
+            return
+        async with self._lock:
+            running = self.daemon.proxies.current
+            if (running.manifest.name, running.version) == (ann.name, ann.version):
+                self._model_report(ann, "applied", "already running")
+                return
+            if (ann.name, ann.version) in self._failed:
+                return  # reported already; a new announcement (or version) is needed
+            self._model_report(ann, "downloading", "")
+            try:
+                dest = await self.daemon.cloud.fetch_pack(
+                    ann.name, ann.version, self.daemon.history.packs_dir
+                )
+                _check_announced(ann, dest)
+                await self.daemon.swap_pack(dest)
+            except (PackError, CloudError, OSError) as exc:
+                self._failed.add((ann.name, ann.version))
+                log.error("roll-out of %s/%s failed: %s", ann.name, ann.version, exc)
+                self._model_report(ann, "failed", str(exc))
+                return
+            self._model_report(ann, "applied", "")
+            self._publish(self.topics.status, self.status("online"), retain=True)
+
+    async def _command(self, name: str, payload: bytes, props: Properties | None) -> None:
+        ok, detail, data = True, "", {}
+        try:
+            c.parse(c.Command, payload or b"{}")
+            if name == "ping":
+                data = {"uptime_s": round(time.monotonic() - self.daemon.started, 1)}
+                data |= self.status("online").model_dump(include={"pack", "providers"})
+            elif name == "rollback":
+                async with self._lock:
+                    proxy = await self.daemon.rollback()
+                detail = f"now running {proxy.label}"
+                self._publish(self.topics.status, self.status("online"), retain=True)
+            elif name == "drain":
+                detail = "draining: requests in flight finish, then the daemon stops"
+            else:
+                ok, detail = False, f"unknown command {name!r}; known: {', '.join(c.COMMANDS)}"
+        except (c.PayloadError, PackError) as exc:
+            ok, detail = False, str(exc)
+        reply = c.CommandReply(
+            ok=ok, command=name, device_id=self.device_id, detail=detail, data=data
+        )
+        response_topic = getattr(props, "ResponseTopic", None)
+        if response_topic:
+            out = Properties(mqtt.PacketTypes.PUBLISH)
+            correlation = getattr(props, "CorrelationData", None)
+            if correlation is not None:
+                out.CorrelationData = correlation
+            info = self.client.publish(response_topic, c.dump(reply), qos=1, properties=out)
+            await asyncio.to_thread(info.wait_for_publish, PUBLISH_WAIT_S)
+        if name == "drain" and ok:
+            self.daemon.stop()
+
+    # -- outgoing --------------------------------------------------------------------------------
+
+    def status(self, state: str) -> c.DeviceStatus:
+        proxy = self.daemon.proxies.current
+        return c.DeviceStatus(
+            state=state,  # type: ignore[arg-type]
+            device_id=self.device_id,
+            fleet=self.topics.fleet,
+            pack=proxy.label,
+            precision=proxy.precision,
+            providers=proxy.decoder.active_providers,
+            fleet_version=self.daemon.desired.version("fleet"),
+            device_version=self.daemon.desired.version("device"),
+            software=_software(),
+        )
+
+    def _report(self, scope: Scope, ver: int, status: int, detail: str, errors: list[str]) -> None:
+        state = self.daemon.desired
+        report = c.ReportedConfig(
+            version=ver,
+            scope=scope,
+            status=status,  # type: ignore[arg-type]
+            detail=detail,
+            errors=errors,
+            fleet_version=state.version("fleet"),
+            device_version=state.version("device"),
+            effective=state.effective.model_dump(mode="json"),
+        )
+        self._publish(self.topics.reported, report, retain=True)
+
+    def _model_report(self, ann: c.ModelAnnouncement, status: str, detail: str) -> None:
+        report = c.ModelReport(
+            name=ann.name,
+            version=ann.version,
+            status=status,  # type: ignore[arg-type]
+            detail=detail,
+            running=self.daemon.proxies.current.label,
+        )
+        self._publish(self.topics.models_reported, report, retain=True)
+
+    def _publish(self, topic: str, message: Any, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, c.dump(message), qos=1, retain=retain)
+
+    async def _telemetry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.daemon.runtime.telemetry.interval_s)
+            stats = self.daemon.metrics.window.drain()
+            if not self.client.is_connected():
+                continue
+            proxy = self.daemon.proxies.current
+            message = c.Telemetry(
+                device_id=self.device_id,
+                interval_s=self.daemon.runtime.telemetry.interval_s,
+                requests=stats.requests,
+                errors=stats.errors,
+                escalation_share=round(stats.escalation_share, 4),
+                fallbacks=stats.requests.get("edge_fallback", 0),
+                cache_hits=stats.requests.get("cache", 0),
+                cloud_errors=stats.cloud_errors,
+                latency_ms=stats.latency_ms,
+                providers=proxy.decoder.active_providers,
+                pack=proxy.label,
+                fleet_version=self.daemon.desired.version("fleet"),
+                device_version=self.daemon.desired.version("device"),
+            )
+            self.client.publish(self.topics.telemetry, c.dump(message), qos=0)
+
+
+def _version_in(payload: bytes) -> int:
+    """The version of a document that failed validation, when one can be read (else 0)."""
+    try:
+        v = json.loads(payload).get("version")
+    except (ValueError, AttributeError):
+        return 0
+    return v if isinstance(v, int) else 0
+
+
+def _check_announced(ann: c.ModelAnnouncement, dest: Any) -> None:
+    """The fetched pack must be exactly the announced one: name, version, every file's hash."""
+    manifest = open_pack(dest)
+    if (manifest.name, manifest.version) != (ann.name, ann.version):
+        raise PackError(
+            f"fetched {manifest.name}/{manifest.version}, announced {ann.name}/{ann.version}"
+        )
+    if manifest.files != ann.files:
+        names = sorted(set(manifest.files) | set(ann.files))
+        differ = [n for n in names if manifest.files.get(n) != ann.files.get(n)]
+        raise PackError(f"the fetched pack's files differ from the announcement: {differ[:3]}")

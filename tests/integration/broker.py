@@ -1,0 +1,436 @@
+"""Test helpers for the MQTT control plane: a real mosquitto on loopback, and paho-mqtt clients.
+
+``Broker`` runs ``mosquitto -c <generated config>`` on a free 127.0.0.1 port: anonymous by
+default, or with a password file and the production ACL (``deploy/mosquitto/acl``, the real file,
+not a copy). ``production_config`` rewrites ``deploy/mosquitto/mosquitto.conf`` for a test (ports,
+paths), so the production file itself can be booted. No pytest fixtures here: tests define them.
+
+The client helpers wrap paho-mqtt 2.x (MQTT v5, ``loop_start``): ``paho_client`` connects (or
+raises ``Refused`` with the CONNACK reason), ``subscribe`` returns an ``Inbox`` with the SUBACK
+reason codes and the messages, ``publish`` waits for the PUBACK and returns its reason code, and
+``close`` disconnects and stops the loop (pytest turns leaked sockets and threads into errors).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import queue
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy" / "mosquitto"
+PRODUCTION_ACL = DEPLOY / "acl"
+PRODUCTION_CONF = DEPLOY / "mosquitto.conf"
+WAIT = 3.0  # the longest any helper waits, seconds
+
+
+def mosquitto_bin() -> str:
+    return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def tool(name: str) -> str:
+    """Path of a mosquitto client tool (``mosquitto_pub``, ``mosquitto_sub``, ``mosquitto_passwd``)."""
+    return shutil.which(name) or f"/usr/bin/{name}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
+    """A mosquitto password file (salted hashes) holding ``users`` (name -> password)."""
+    path.unlink(missing_ok=True)
+    for i, (name, password) in enumerate(users.items()):
+        create = ["-c"] if i == 0 else []
+        subprocess.run(
+            [tool("mosquitto_passwd"), *create, "-b", str(path), name, password],
+            check=True, capture_output=True, timeout=10,
+        )  # fmt: skip
+    return path
+
+
+def _run_as() -> list[str]:
+    # Started as root, mosquitto drops to the `mosquitto` user, which cannot read pytest's
+    # private tmp folders; `user root` keeps it as it is.
+    return [f"user {pwd.getpwuid(os.geteuid()).pw_name}"] if os.geteuid() == 0 else []
+
+
+def production_config(
+    workdir: Path, *, tls_port: int, plain_port: int, certs: Mapping[str, Path], password_file: Path
+) -> str:
+    """``deploy/mosquitto/mosquitto.conf`` with only ports and paths changed, for a test.
+
+    The TLS listener moves to 127.0.0.1:``tls_port``, the loopback listener to ``plain_port``,
+    ``/mosquitto/certs/*`` to ``certs`` (keys ``ca.pem``, ``server.pem``, ``server.key``), the
+    password file to ``password_file``, the ACL to the real ``deploy/mosquitto/acl`` and the data
+    folder into ``workdir``. Every other line is kept as it is.
+    """
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    replace = {
+        "listener 8883": f"listener {tls_port} 127.0.0.1",
+        "listener 1883 127.0.0.1": f"listener {plain_port} 127.0.0.1",
+        "cafile /mosquitto/certs/ca.pem": f"cafile {certs['ca.pem']}",
+        "certfile /mosquitto/certs/server.pem": f"certfile {certs['server.pem']}",
+        "keyfile /mosquitto/certs/server.key": f"keyfile {certs['server.key']}",
+        "password_file /mosquitto/config/password_file": f"password_file {password_file}",
+        "acl_file /mosquitto/config/acl": f"acl_file {PRODUCTION_ACL}",
+        "persistence_location /mosquitto/data/": f"persistence_location {data}/",
+    }
+    lines = PRODUCTION_CONF.read_text().splitlines()
+    missing = set(replace) - set(lines)
+    assert not missing, f"mosquitto.conf no longer has the lines {sorted(missing)}"
+    out = [replace.get(line, line) for line in lines]
+    unmapped = [ln for ln in out if " /mosquitto/" in ln and not ln.startswith("#")]
+    assert not unmapped, f"unmapped paths: {unmapped}"
+    return "\n".join([*out, *_run_as(), ""])
+
+
+class Broker:
+    """A real mosquitto on 127.0.0.1, its config, password file and data under ``workdir``.
+
+    ``users`` (name -> password) turns authentication on: anonymous clients are refused, and
+    ``acl_file`` (default: the production ACL) applies. ``persistence`` keeps retained messages
+    across ``restart()``. ``config`` runs that complete config text instead of the generated one
+    (see ``production_config``); it must have a plain listener on 127.0.0.1:``port``.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        users: Mapping[str, str] | None = None,
+        acl_file: Path | None = PRODUCTION_ACL,
+        persistence: bool = False,
+        port: int | None = None,
+        config: str | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.users = dict(users or {})
+        self.acl_file = acl_file if self.users else None
+        self.persistence = persistence
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.conf_path = self.workdir / "mosquitto.conf"
+        self.password_file = self.workdir / "password_file"
+        self.log_path = self.workdir / "mosquitto.log"
+        self._config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def config_text(self) -> str:
+        if self._config is not None:
+            return self._config
+        lines = [
+            f"listener {self.port} {self.host}",
+            "set_tcp_nodelay true",
+            "log_dest stdout",
+            "log_type all",
+            "connection_messages true",
+        ]
+        if self.users:
+            write_password_file(self.password_file, self.users)
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+            if self.acl_file is not None:
+                lines.append(f"acl_file {self.acl_file}")
+        else:
+            lines.append("allow_anonymous true")
+        if self.persistence:
+            data = self.workdir / "data"
+            data.mkdir(exist_ok=True)
+            lines += ["persistence true", f"persistence_location {data}/"]
+        else:
+            lines.append("persistence false")
+        return "\n".join([*lines, *_run_as(), ""])
+
+    def start(self) -> Broker:
+        assert self.proc is None, "already started"
+        self.conf_path.write_text(self.config_text())
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [mosquitto_bin(), "-c", str(self.conf_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        return self
+
+    def wait_ready(self, timeout: float = WAIT) -> Broker:
+        """Until an MQTT CONNECT gets a CONNACK (accepted or not: the broker is serving)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if _connack(self.host, self.port):
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mosquitto not ready on {self.address}:\n{self.log()}")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = WAIT) -> None:
+        """SIGTERM (mosquitto saves its database), then SIGKILL if it does not exit in time."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+    def restart(self) -> Broker:
+        """Stop and start on the same port; retained messages survive when persistence is on."""
+        self.stop()
+        return self.start().wait_ready()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Broker:
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _connack(host: str, port: int) -> bool:
+    """Sends a bare MQTT 3.1.1 CONNECT; True when the answer is a CONNACK."""
+    client_id = b"ready-probe"
+    variable = b"\x00\x04MQTT\x04\x02\x00\x05"  # protocol name, level 4, clean session, keepalive
+    body = variable + len(client_id).to_bytes(2, "big") + client_id
+    with socket.create_connection((host, port), timeout=0.5) as s:
+        s.sendall(bytes([0x10, len(body)]) + body)
+        return s.recv(4)[:1] == b"\x20"
+
+
+# ------------------------------------------------------------------------------- clients
+
+
+class Refused(ConnectionError):
+    """The broker refused the connection; ``reason`` is the CONNACK reason code."""
+
+    def __init__(self, reason: ReasonCode) -> None:
+        super().__init__(f"connection refused: {reason}")
+        self.reason = reason
+
+
+class Inbox:
+    """Messages of one subscription, and the SUBACK's reason codes (one per filter)."""
+
+    def __init__(self, topic_filter: str) -> None:
+        self.topic_filter = topic_filter
+        self.reason_codes: list[ReasonCode] = []
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+
+    @property
+    def granted(self) -> bool:
+        return all(not rc.is_failure for rc in self.reason_codes)
+
+    def get(self, timeout: float = WAIT) -> mqtt.MQTTMessage:
+        """The next message; ``queue.Empty`` after ``timeout`` seconds."""
+        return self.messages.get(timeout=timeout)
+
+    def wait(self, count: int = 1, timeout: float = WAIT) -> list[mqtt.MQTTMessage]:
+        """``count`` messages, or as many as arrive in ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        out: list[mqtt.MQTTMessage] = []
+        while len(out) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                out.append(self.messages.get(timeout=left))
+            except queue.Empty:
+                break
+        return out
+
+    def drain(self) -> list[mqtt.MQTTMessage]:
+        """What has arrived so far, without waiting."""
+        out = []
+        while True:
+            try:
+                out.append(self.messages.get_nowait())
+            except queue.Empty:
+                return out
+
+
+class _State:
+    """Per-client bookkeeping the callbacks fill (paho runs them on its loop thread)."""
+
+    def __init__(self) -> None:
+        self.connected = threading.Event()
+        self.connack: ReasonCode | None = None
+        self.acks: dict[int, tuple[threading.Event, list[ReasonCode]]] = {}
+        self.lock = threading.Lock()
+
+    def expect(self, mid: int) -> tuple[threading.Event, list[ReasonCode]]:
+        with self.lock:
+            return self.acks.setdefault(mid, (threading.Event(), []))
+
+    def acked(self, mid: int, codes: list[ReasonCode]) -> None:
+        event, found = self.expect(mid)
+        found.extend(codes)
+        event.set()
+
+
+def _state(client: mqtt.Client) -> _State:
+    state = client.user_data_get()
+    assert isinstance(state, _State), "not a client made by paho_client()"
+    return state
+
+
+def paho_client(
+    broker: Broker,
+    username: str | None = None,
+    password: str | None = None,
+    client_id: str | None = None,
+    *,
+    port: int | None = None,
+    tls_ca: Path | None = None,
+    will: tuple[str, bytes] | None = None,
+    timeout: float = WAIT,
+) -> mqtt.Client:
+    """A connected paho-mqtt 2.x client (MQTT v5, clean start, loop running).
+
+    Raises ``Refused`` with the CONNACK reason code when the broker says no. ``port`` and
+    ``tls_ca`` reach another listener of the broker (TLS verified against ``tls_ca``); ``will``
+    is a (topic, payload) Last Will, retained at QoS 1. Call ``close()`` when done.
+    """
+    state = _State()
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"{username or 'anon'}-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv5,
+        userdata=state,
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls_ca is not None:
+        client.tls_set(ca_certs=str(tls_ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+
+    def on_connect(c: mqtt.Client, s: _State, flags: Any, rc: ReasonCode, props: Any) -> None:
+        s.connack = rc
+        s.connected.set()
+
+    def on_subscribe(c: mqtt.Client, s: _State, mid: int, rcs: list[ReasonCode], p: Any) -> None:
+        s.acked(mid, list(rcs))
+
+    def on_publish(c: mqtt.Client, s: _State, mid: int, rc: ReasonCode, p: Any) -> None:
+        s.acked(mid, [rc])
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_publish = on_publish
+    client.connect(broker.host, port or broker.port, keepalive=30)
+    client.loop_start()
+    if not state.connected.wait(timeout):
+        close(client)
+        raise TimeoutError(f"no CONNACK from {broker.host}:{port or broker.port} in {timeout}s")
+    assert state.connack is not None
+    if state.connack.is_failure:
+        close(client)
+        raise Refused(state.connack)
+    return client
+
+
+def close(client: mqtt.Client) -> None:
+    """Disconnect (no Last Will) and stop the network loop."""
+    client.disconnect()
+    client.loop_stop()
+
+
+def subscribe(client: mqtt.Client, topic_filter: str, qos: int = 1) -> Inbox:
+    """Subscribes and waits for the SUBACK; its reason codes are in ``Inbox.reason_codes``."""
+    inbox = Inbox(topic_filter)
+    client.message_callback_add(topic_filter, lambda c, u, msg: inbox.messages.put(msg))
+    rc, mid = client.subscribe(topic_filter, qos=qos)
+    assert rc == mqtt.MQTT_ERR_SUCCESS, mqtt.error_string(rc)
+    assert mid is not None
+    event, codes = _state(client).expect(mid)
+    assert event.wait(WAIT), f"no SUBACK for {topic_filter}"
+    inbox.reason_codes = codes
+    return inbox
+
+
+def collect(
+    client: mqtt.Client, topic_filter: str, timeout: float = 1.0, count: int | None = None
+) -> list[mqtt.MQTTMessage]:
+    """Subscribes to ``topic_filter`` and returns the messages received within ``timeout``
+    seconds (sooner once ``count`` have come), then unsubscribes."""
+    inbox = subscribe(client, topic_filter)
+    try:
+        return inbox.wait(count if count is not None else 1 << 30, min(timeout, WAIT))
+    finally:
+        client.unsubscribe(topic_filter)
+        client.message_callback_remove(topic_filter)
+
+
+def publish(
+    client: mqtt.Client,
+    topic: str,
+    payload: bytes | str,
+    *,
+    qos: int = 1,
+    retain: bool = False,
+    properties: Properties | None = None,
+) -> ReasonCode | None:
+    """Publishes and, at QoS 1 or 2, waits for the acknowledgement and returns its reason code
+    (mosquitto answers 0x87 "Not authorized" to a publish the ACL denies)."""
+    info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+    assert info.rc == mqtt.MQTT_ERR_SUCCESS, mqtt.error_string(info.rc)
+    if qos == 0:
+        return None
+    event, codes = _state(client).expect(info.mid)
+    assert event.wait(WAIT), f"no PUBACK for {topic}"
+    return codes[0]
+
+
+def response_properties(response_topic: str, correlation: bytes) -> Properties:
+    """PUBLISH properties of an MQTT v5 request: where to reply, and what to echo back."""
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = response_topic
+    props.CorrelationData = correlation
+    return props
+
+
+__all__ = [
+    "Broker",
+    "Inbox",
+    "Refused",
+    "close",
+    "collect",
+    "free_port",
+    "paho_client",
+    "production_config",
+    "publish",
+    "response_properties",
+    "subscribe",
+    "tool",
+    "write_password_file",
+]
