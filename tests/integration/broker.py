@@ -110,7 +110,7 @@ class Broker:
     ``users`` (name -> password) turns authentication on: anonymous clients are refused, and
     ``acl_file`` (default: the production ACL) applies. ``persistence`` keeps retained messages
     across ``restart()``. ``config`` runs that complete config text instead of the generated one
-    (see ``production_config``); it must have a plain listener on 127.0.0.1:``port``.
+    (``Broker.production`` uses it); it must have a plain listener on 127.0.0.1:``port``.
     """
 
     def __init__(
@@ -134,7 +134,22 @@ class Broker:
         self.password_file = self.workdir / "password_file"
         self.log_path = self.workdir / "mosquitto.log"
         self._config = config
+        self.tls_port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def production(
+        cls, workdir: Path, *, users: Mapping[str, str], certs: Mapping[str, Path]
+    ) -> Broker:
+        """The production config (``production_config``): TLS on 127.0.0.1:``tls_port``,
+        the loopback listener on ``port``, the given users and the production ACL."""
+        broker = cls(workdir, users=users)
+        broker.tls_port = free_port()
+        broker._config = production_config(
+            broker.workdir, tls_port=broker.tls_port, plain_port=broker.port,
+            certs=certs, password_file=broker.password_file,
+        )  # fmt: skip
+        return broker
 
     @property
     def address(self) -> str:
@@ -151,7 +166,6 @@ class Broker:
             "connection_messages true",
         ]
         if self.users:
-            write_password_file(self.password_file, self.users)
             lines += ["allow_anonymous false", f"password_file {self.password_file}"]
             if self.acl_file is not None:
                 lines.append(f"acl_file {self.acl_file}")
@@ -167,6 +181,8 @@ class Broker:
 
     def start(self) -> Broker:
         assert self.proc is None, "already started"
+        if self.users:
+            write_password_file(self.password_file, self.users)
         self.conf_path.write_text(self.config_text())
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -180,13 +196,15 @@ class Broker:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}:\n{self.log()}")
+                code, self.proc = self.proc.returncode, None
+                raise RuntimeError(f"mosquitto exited with {code}:\n{self.log()}")
             try:
                 if _connack(self.host, self.port):
                     return self
             except OSError:
                 pass
             if time.monotonic() > deadline:
+                self.stop()
                 raise TimeoutError(f"mosquitto not ready on {self.address}:\n{self.log()}")
             time.sleep(0.02)
 

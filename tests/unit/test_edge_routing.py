@@ -44,10 +44,10 @@ def test_edge_only_beyond_the_proxy_context_is_invalid() -> None:
 def test_route_preference_overrides_the_configured_mode() -> None:
     """AUTO keeps the daemon's mode; EDGE_ONLY / CLOUD_ONLY win; unknown values are refused."""
     assert router.resolve_mode(pb.ROUTE_PREFERENCE_AUTO, "cloud_only") == "cloud_only"
-    assert router.resolve_mode(pb.ROUTE_PREFERENCE_EDGE_ONLY, "auto", 0.5) == "edge_only"
-    assert router.resolve_mode(pb.ROUTE_PREFERENCE_CLOUD_ONLY, "auto", 0.5) == "cloud_only"
+    assert router.resolve_mode(pb.ROUTE_PREFERENCE_EDGE_ONLY, "auto") == "edge_only"
+    assert router.resolve_mode(pb.ROUTE_PREFERENCE_CLOUD_ONLY, "auto") == "cloud_only"
     with pytest.raises(InvalidRequest, match="RoutePreference"):
-        router.resolve_mode(9, "auto", 0.5)
+        router.resolve_mode(9, "auto")
 
 
 def _answer(text: str, route: int = pb.ROUTE_EDGE) -> pb.GenerateResponse:
