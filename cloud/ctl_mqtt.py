@@ -38,6 +38,8 @@ M = TypeVar("M", bound=BaseModel)
 # Device and fleet ids are MQTT topic levels: no "/", "+", "#" or spaces (as in EdgeSettings).
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KEEPALIVE_S = 30
+DEFAULT_BROKER = "127.0.0.1:1883"
+DEFAULT_FLEET = "default"
 # Longest wait for the barrier that ends the retained messages.
 SYNC_S = 2.0
 
@@ -137,6 +139,7 @@ class Session:
         except ValueError:
             raise CtlError(f"--mqtt expects HOST:PORT, got {self.address!r}") from None
         username, password, tls = self._credentials
+        where = self.address
         try:
             client = build_client(self.client_id, username=username, password=password, tls=tls)
         except (OSError, ValueError) as exc:
@@ -150,15 +153,15 @@ class Session:
             client.connect(host, port, keepalive=KEEPALIVE_S)
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
-            raise CtlError(f"cannot connect to the MQTT broker at {self.address}: {reason}") from None
+            raise CtlError(f"cannot connect to the MQTT broker at {where}: {reason}") from None
         self._client = client
         client.loop_start()
         if not self._connected.wait(self.timeout):
             self.close()
-            raise CtlError(f"no answer from the MQTT broker at {self.address} in {self.timeout:g} s")
+            raise CtlError(f"no answer from the MQTT broker at {where} in {self.timeout:g} s")
         if self._connack is not None and self._connack.is_failure:
             self.close()
-            raise CtlError(f"the MQTT broker at {self.address} refused the connection: {self._connack}")
+            raise CtlError(f"the MQTT broker at {where} refused the connection: {self._connack}")
         self.subscribe(f"{self.replies}/#")
 
     def close(self) -> None:
@@ -192,7 +195,7 @@ class Session:
             return
         props = getattr(msg, "properties", None)
         correlation = getattr(props, "CorrelationData", None)
-        self._queue.put(Message(msg.topic, msg.payload, bool(msg.retain), correlation))
+        self._queue.put(Message(msg.topic, bytes(msg.payload), bool(msg.retain), correlation))
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
@@ -228,8 +231,14 @@ class Session:
         """Return once the retained messages of the subscriptions made so far are queued."""
         self._marker = f"{self.replies}/sync/{uuid.uuid4().hex}"
         self._marker_seen.clear()
-        self.publish(self._marker, b"")
-        if not self._marker_seen.wait(min(self.timeout, SYNC_S)):
+        wait = min(self.timeout, SYNC_S)
+        try:
+            self.publish(self._marker, b"")
+        except CtlError as exc:  # e.g. an ACL without write on replies/#: wait a little instead
+            warn(f"{exc}; waiting {wait:g} s for retained messages instead")
+            time.sleep(wait)
+            return
+        if not self._marker_seen.wait(wait):
             warn("the broker did not echo the sync marker; retained state may be incomplete")
 
     def next(self, deadline: float) -> Message | None:
@@ -318,5 +327,56 @@ def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
     return run
 
 
-def env_default(name: str, fallback: str | None) -> str | None:
-    return os.environ.get(name) or fallback
+def add_connection_options(parser: argparse.ArgumentParser, *, leaf: bool = False) -> None:
+    """The options of the broker connection: on the group with their defaults, and again on
+    every subcommand (``leaf``) with no defaults, so that they may come after it too."""
+    env = os.environ.get
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if leaf else value
+
+    group = parser.add_argument_group("connection") if leaf else parser
+    group.add_argument(
+        "--mqtt",
+        default=default(env("AUTOGLM_CTL_MQTT") or DEFAULT_BROKER),
+        metavar="HOST:PORT",
+        help=f"the broker (env AUTOGLM_CTL_MQTT; default: {DEFAULT_BROKER})",
+    )
+    group.add_argument(
+        "--fleet",
+        default=default(env("AUTOGLM_CTL_FLEET") or DEFAULT_FLEET),
+        help=f"the fleet (env AUTOGLM_CTL_FLEET; default: {DEFAULT_FLEET})",
+    )
+    group.add_argument(
+        "--username", default=default(env("AUTOGLM_CTL_USERNAME")), help="env AUTOGLM_CTL_USERNAME"
+    )
+    group.add_argument(
+        "--password-file",
+        type=Path,
+        default=default(env("AUTOGLM_CTL_PASSWORD_FILE")),
+        metavar="FILE",
+        help="file holding the password (env AUTOGLM_CTL_PASSWORD_FILE)",
+    )
+    group.add_argument(
+        "--tls", action="store_true", default=default(False), help="TLS to the broker (system CAs)"
+    )
+    group.add_argument(
+        "--ca-file",
+        type=Path,
+        default=default(None),
+        help="CA of the broker's certificate (sets --tls)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=default(10.0),
+        metavar="S",
+        help="seconds to wait for the broker and for devices' answers (default: 10)",
+    )
+
+
+def connection_options() -> argparse.ArgumentParser:
+    """A parent parser that gives a subcommand the connection options (see above)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    add_connection_options(parent, leaf=True)
+    return parent

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PUBLISH_WAIT_S = 2.0
+TELEMETRY_TICK_S = 0.25
 
 
 def _software() -> str:
@@ -270,8 +271,13 @@ class EdgeAgent:
         return self.client.publish(topic, c.dump(message), qos=1, retain=retain)
 
     async def _telemetry_loop(self) -> None:
+        """Every ``telemetry.interval_s`` (re-read each tick: operators may change it)."""
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.daemon.runtime.telemetry.interval_s)
+            await asyncio.sleep(TELEMETRY_TICK_S)
+            if time.monotonic() - last < self.daemon.runtime.telemetry.interval_s:
+                continue
+            last = time.monotonic()
             stats = self.daemon.metrics.window.drain()
             if not self.client.is_connected():
                 continue

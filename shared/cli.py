@@ -8,6 +8,7 @@ edge's commands run on a device without torch:
     autoglm cloud serve                the cloud inference service (cloud/cli.py)
     autoglm edge serve                 the edge daemon (edge/cli.py, no torch)
     autoglm ask PROMPT                 a client of either (edge/ask.py)
+    autoglm ctl config|status|models|cmd   operator CLI over MQTT (cloud/ctl.py, no torch)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "cloud": ("cloud.cli", "the cloud inference service (cloud serve)"),
     "edge": ("edge.cli", "the edge daemon (edge serve)"),
     "ask": ("edge.ask", "send a prompt to an edge daemon or a cloud and print the answer"),
+    "ctl": ("cloud.ctl", "operator CLI over MQTT: config, status, models, commands"),
 }
 
 

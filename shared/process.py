@@ -134,11 +134,12 @@ class EdgeServer(ServerProcess):
         *,
         clouds: Sequence[str] = (),
         args: Sequence[str] = (),
+        state_dir: Path | None = None,
         **kw: Any,
     ) -> None:
         kw.setdefault("address", f"127.0.0.1:{free_port()}")
         command = ["edge", "serve", "--pack", str(pack), "--listen", kw["address"]]
         for target in clouds:
             command += ["--cloud", target]
-        state = workdir / f"edge-state-{free_port()}"
+        state = state_dir or workdir / f"edge-state-{free_port()}"
         super().__init__([*command, "--state-dir", str(state), *args], workdir, **kw)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pwd
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -44,8 +45,16 @@ def mosquitto_bin() -> str:
     return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+def mosquitto_version() -> tuple[int, ...]:
+    """The broker's version, e.g. (2, 0, 11), from ``mosquitto -h``."""
+    out = subprocess.run([mosquitto_bin(), "-h"], capture_output=True, text=True, timeout=10)
+    match = re.search(r"mosquitto version (\d+(?:\.\d+)*)", out.stdout + out.stderr)
+    assert match, f"no version in: {out.stdout[:200]}"
+    return tuple(int(x) for x in match.group(1).split("."))
+
+
 def tool(name: str) -> str:
-    """Path of a mosquitto client tool (``mosquitto_pub``, ``mosquitto_sub``, ``mosquitto_passwd``)."""
+    """Path of a mosquitto tool: ``mosquitto_pub``, ``mosquitto_sub``, ``mosquitto_passwd``."""
     return shutil.which(name) or f"/usr/bin/{name}"
 
 
@@ -161,7 +170,7 @@ class Broker:
         lines = [
             f"listener {self.port} {self.host}",
             "set_tcp_nodelay true",
-            "log_dest stdout",
+            "log_dest stderr",  # unbuffered, unlike stdout: log() is up to date
             "log_type all",
             "connection_messages true",
         ]
@@ -257,7 +266,11 @@ class Refused(ConnectionError):
 
 
 class Inbox:
-    """Messages of one subscription, and the SUBACK's reason codes (one per filter)."""
+    """Messages of one subscription, and the SUBACK's reason codes (one per filter).
+
+    paho hands a message to every inbox whose filter matches its topic, so two overlapping
+    subscriptions of one client both see a message the broker sends for either of them.
+    """
 
     def __init__(self, topic_filter: str) -> None:
         self.topic_filter = topic_filter
@@ -309,6 +322,10 @@ class _State:
         with self.lock:
             return self.acks.setdefault(mid, (threading.Event(), []))
 
+    def forget(self, mid: int) -> None:
+        with self.lock:
+            self.acks.pop(mid, None)
+
     def acked(self, mid: int, codes: list[ReasonCode]) -> None:
         event, found = self.expect(mid)
         found.extend(codes)
@@ -330,13 +347,15 @@ def paho_client(
     port: int | None = None,
     tls_ca: Path | None = None,
     will: tuple[str, bytes] | None = None,
+    reconnect: bool = False,
     timeout: float = WAIT,
 ) -> mqtt.Client:
     """A connected paho-mqtt 2.x client (MQTT v5, clean start, loop running).
 
     Raises ``Refused`` with the CONNACK reason code when the broker says no. ``port`` and
     ``tls_ca`` reach another listener of the broker (TLS verified against ``tls_ca``); ``will``
-    is a (topic, payload) Last Will, retained at QoS 1. Call ``close()`` when done.
+    is a (topic, payload) Last Will, retained at QoS 1. ``reconnect``: paho reconnects after
+    a lost connection (off by default, so that a test sees the loss). Call ``close()`` when done.
     """
     state = _State()
     client = mqtt.Client(
@@ -344,6 +363,7 @@ def paho_client(
         client_id=client_id or f"{username or 'anon'}-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv5,
         userdata=state,
+        reconnect_on_failure=reconnect,
     )
     if username is not None:
         client.username_pw_set(username, password)
@@ -354,6 +374,8 @@ def paho_client(
 
     def on_connect(c: mqtt.Client, s: _State, flags: Any, rc: ReasonCode, props: Any) -> None:
         s.connack = rc
+        if rc.is_failure:
+            c.disconnect()  # no reconnect attempts, even with reconnect=True
         s.connected.set()
 
     def on_subscribe(c: mqtt.Client, s: _State, mid: int, rcs: list[ReasonCode], p: Any) -> None:
@@ -383,6 +405,16 @@ def close(client: mqtt.Client) -> None:
     client.loop_stop()
 
 
+def drop(client: mqtt.Client) -> None:
+    """Lose the connection without a DISCONNECT (a crash, a cut cable): the broker publishes
+    the client's Last Will. Only for clients made with ``reconnect=False`` (the default)."""
+    assert not client._reconnect_on_failure, "paho would reconnect (and so cancel the Will)"
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.shutdown(socket.SHUT_RDWR)  # the loop sees the loss, closes the socket and ends
+    client.loop_stop()
+
+
 def subscribe(client: mqtt.Client, topic_filter: str, qos: int = 1) -> Inbox:
     """Subscribes and waits for the SUBACK; its reason codes are in ``Inbox.reason_codes``."""
     inbox = Inbox(topic_filter)
@@ -390,8 +422,10 @@ def subscribe(client: mqtt.Client, topic_filter: str, qos: int = 1) -> Inbox:
     rc, mid = client.subscribe(topic_filter, qos=qos)
     assert rc == mqtt.MQTT_ERR_SUCCESS, mqtt.error_string(rc)
     assert mid is not None
-    event, codes = _state(client).expect(mid)
+    state = _state(client)
+    event, codes = state.expect(mid)
     assert event.wait(WAIT), f"no SUBACK for {topic_filter}"
+    state.forget(mid)
     inbox.reason_codes = codes
     return inbox
 
@@ -424,8 +458,10 @@ def publish(
     assert info.rc == mqtt.MQTT_ERR_SUCCESS, mqtt.error_string(info.rc)
     if qos == 0:
         return None
-    event, codes = _state(client).expect(info.mid)
+    state = _state(client)
+    event, codes = state.expect(info.mid)
     assert event.wait(WAIT), f"no PUBACK for {topic}"
+    state.forget(info.mid)
     return codes[0]
 
 
@@ -437,16 +473,25 @@ def response_properties(response_topic: str, correlation: bytes) -> Properties:
     return props
 
 
+def reply_address(message: mqtt.MQTTMessage) -> tuple[str | None, bytes | None]:
+    """The response topic and correlation data of an MQTT v5 request (None where absent)."""
+    props = message.properties
+    return getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None)
+
+
 __all__ = [
     "Broker",
     "Inbox",
     "Refused",
     "close",
     "collect",
+    "drop",
     "free_port",
+    "mosquitto_version",
     "paho_client",
     "production_config",
     "publish",
+    "reply_address",
     "response_properties",
     "subscribe",
     "tool",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from shared.pack import read_manifest, seal
 from shared.process import EdgeServer
 from shared.rpc import inference_pb2 as pb
 from shared.rpc import inference_pb2_grpc
@@ -26,6 +28,16 @@ def ask(edge: EdgeServer | str, prompt: str, **kw: Any) -> pb.GenerateResponse:
             pb.GenerateRequest(prompt=prompt, sampling=sampling, **kw), timeout=timeout
         )
         return reply
+
+
+def copy_pack_as(pack: Path, root: Path, version: str) -> Path:
+    """The pack copied under ``root/<name>/<version>``, re-sealed with the new version."""
+    manifest = read_manifest(pack.resolve())
+    dst = root / manifest.name / version
+    shutil.copytree(pack.resolve(), dst)
+    manifest.version = version
+    seal(dst, manifest)
+    return dst
 
 
 def route(response: pb.GenerateResponse) -> str:

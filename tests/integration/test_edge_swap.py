@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,22 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hybrid import ask, route
+from hybrid import ask, copy_pack_as, route
 
-from shared.pack import read_manifest, seal
 from shared.process import EdgeServer
 
 pytestmark = pytest.mark.slow
-
-
-def _copy_as(pack: Path, root: Path, version: str) -> Path:
-    """The pack copied under ``root/quick/<version>``, re-sealed with the new version."""
-    dst = root / "quick" / version
-    shutil.copytree(pack.resolve(), dst)
-    manifest = read_manifest(dst)
-    manifest.version = version
-    seal(dst, manifest)
-    return dst
 
 
 def _point(link: Path, target: Path) -> None:
@@ -41,7 +29,7 @@ def _point(link: Path, target: Path) -> None:
 def test_swap_under_concurrent_load_fails_no_request(quick_pack: Path, tmp_path: Path) -> None:
     """Requests run from four threads while the pack behind the daemon's path changes and SIGHUP
     swaps it: none fails, answers move from v1 to v2; a corrupt v3 is refused and v2 stays."""
-    v1, v2 = _copy_as(quick_pack, tmp_path, "v1"), _copy_as(quick_pack, tmp_path, "v2")
+    v1, v2 = copy_pack_as(quick_pack, tmp_path, "v1"), copy_pack_as(quick_pack, tmp_path, "v2")
     current = tmp_path / "quick" / "current"
     current.symlink_to(v1)
     edge = EdgeServer(current, tmp_path, args=["--mode", "edge_only"])
@@ -71,7 +59,7 @@ def test_swap_under_concurrent_load_fails_no_request(quick_pack: Path, tmp_path:
         while not (seen and seen[-1] == "quick/v2") and time.monotonic() < end:
             time.sleep(0.1)
         time.sleep(0.3)
-        v3 = _copy_as(quick_pack, tmp_path, "v3")
+        v3 = copy_pack_as(quick_pack, tmp_path, "v3")
         data = bytearray((v3 / "proxy.onnx").read_bytes())
         data[len(data) // 2] ^= 0xFF  # one flipped byte
         (v3 / "proxy.onnx").write_bytes(bytes(data))
