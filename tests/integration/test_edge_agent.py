@@ -322,3 +322,19 @@ def test_killed_edge_is_lost_and_restarts_with_saved_settings_while_the_broker_i
         assert "applied configuration from" in edge.log()
     finally:
         broker.start().wait_ready()
+
+
+def test_drain_command_stops_the_daemon_cleanly(edge: EdgeServer, broker: Broker) -> None:
+    """`drain` is answered, then the daemon stops by itself (exit 0) and publishes offline."""
+    op = paho_client(broker, client_id="operator-4")
+    try:
+        status = subscribe(op, c.Topics(FLEET, DEVICE).status)
+        _wait_for(status, lambda m: json.loads(m.payload)["state"] == "online", timeout=40)
+        replies = subscribe(op, f"{c.PREFIX}/{FLEET}/replies/test/drain")
+        props = response_properties(f"{c.PREFIX}/{FLEET}/replies/test/drain", b"d")
+        publish(op, c.Topics(FLEET, DEVICE).command("drain"), b"{}", properties=props)
+        assert c.CommandReply.model_validate_json(replies.get(timeout=WAIT).payload).ok
+        assert edge.proc.wait(30) == 0
+        _wait_for(status, lambda m: json.loads(m.payload)["state"] == "offline")
+    finally:
+        close(op)
