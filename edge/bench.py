@@ -4,13 +4,14 @@ Three measurements on one pack, each comparing two variants on the same inputs, 
 by round (the order alternates each round) so that a noisy neighbour slows both alike:
 
 1. **Daemon overhead.** The real daemon (``autoglm edge serve`` as a child process on loopback,
-   edge-only, answer cache off) answers test-split prompts over one gRPC channel kept open, like
-   an app; the same prompts go through the same decoding loop called in this process
+   edge-only, answer cache and MQTT off) answers test-split prompts over one gRPC channel kept
+   open, like an app; the same prompts go through the same decoding loop called in this process
    (``load_proxy`` then ``decoder.generate``, prompt text in, answer text out). Both run ONNX
    Runtime with ``THREADS`` intra-op and inter-op threads. The daemon's own stage timings say
    where the difference goes: the wire (client latency minus the servicer's total), the servicer
    (its total minus the decode stage), and the executor hop (decode stage minus in-process);
-   health checks on the same channel, in the same rounds, give the floor of any gRPC call.
+   health checks on the same channel, in the same rounds, give the floor of any gRPC call, and
+   the test prompt with the proxy's longest answer shows the same overhead on a longer decode.
 2. **KV cache against recomputing the whole sequence** for exactly 64 new tokens: a decoder of the
    proxy's architecture with a longer context (random weights, exported with the toolkit's
    ONNX exporter, so this part needs torch), then the pack's real proxy at its own context.
@@ -515,6 +516,8 @@ def bench_int8(pack: Path, manifest: Manifest, prompts: list[str], rounds: int) 
 
 def bench_edge(pack: Path, rounds: int, requests: int) -> dict[str, Any]:
     """All three measurements; ``requests`` per variant and round."""
+    if rounds < 1 or requests < 1:
+        raise ValueError("rounds and requests must be at least 1")
     pack = Path(pack).resolve()
     manifest = open_pack(pack)
     prompts = bench_prompts(manifest, rounds * requests)
