@@ -14,6 +14,7 @@ import json
 import sys
 import time
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from cloud.ctl_mqtt import (
     shown,
     warn,
 )
-from shared.control import DesiredConfig, ReportedConfig, Topics, dump
+from shared.control import DesiredConfig, DeviceStatus, ReportedConfig, Topics, dump
 from shared.settings.base import SettingsError, deep_merge
 from shared.settings.edge import RuntimeSettings
 
@@ -170,10 +171,12 @@ def config_set(args: argparse.Namespace) -> int:
     if problems:
         return refuse(problems)
     device = check_id("device id", args.device) if args.device else None
+    scope = "device" if device else "fleet"
     with session_of(args) as session:
-        topics = Topics(session.topics.fleet, device or "+")
-        topic = topics.device_desired if device else topics.fleet_desired
-        current = read_desired(session, topic)
+        fleet = session.topics
+        topic = Topics(fleet.fleet, device).device_desired if device else fleet.fleet_desired
+        found = session.retained(topic, fleet.status, fleet.reported)
+        current = read_desired(found.get(topic))
         doc = {} if args.replace or current is None else copy.deepcopy(current.patch())
         doc = deep_merge(doc, patch)
         for key in args.unset:
@@ -181,22 +184,51 @@ def config_set(args: argparse.Namespace) -> int:
         problems = validate(doc)
         if problems:
             return refuse(problems)
-        version = given_version or (current.version + 1 if current else 1)
-        if current is not None and version <= current.version:
-            warn(f"version {version} is not newer than the retained version {current.version}")
-        online = session.online_devices()
+        floor = newest_version(session, found.values(), scope, device, current)
+        version = given_version or floor + 1
+        if version <= floor:
+            raise CtlError(
+                f"version {version} is not newer than version {floor} (retained, or in force on "
+                f"a device): devices would ignore it; leave --version out to use {floor + 1}"
+            )
+        online = [d for d, s in session.statuses(found.values()).items() if s.state == "online"]
         if device and device not in online:
             print(f"note: {device} is not online; it applies the document when it connects")
-        expected = [device] if device else online
-        session.subscribe(topics.reported)
         desired = DesiredConfig.model_validate({**doc, "version": version})
         session.publish(topic, dump(desired), retain=True)
-        scope = "device" if device else "fleet"
-        target = f"device {device}" if device else f"fleet {session.topics.fleet}"
+        target = f"device {device}" if device else f"fleet {fleet.fleet}"
         print(f"published {target} config version {version}: {json.dumps(doc)}")
         if not args.wait:
             return 0
+        expected = [device] if device else online
         return await_reports(session, scope, version, expected, leaf_keys(patch))
+
+
+def newest_version(
+    session: Session,
+    messages: Iterable[Message],
+    scope: str,
+    device: str | None,
+    current: DesiredConfig | None,
+) -> int:
+    """The newest version of this document retained or in force on a device (0: none).
+
+    A device ignores a version that is not newer than the one it applied, and the broker may have
+    lost the retained document (no persistence): the devices' status and reports remember it.
+    """
+    newest = current.version if current is not None else 0
+    for m in messages:
+        owner = session.topics.device_of(m.topic)
+        if not owner or (device is not None and owner != device):
+            continue
+        state: ReportedConfig | DeviceStatus | None = None
+        if m.topic.endswith("/config/reported"):
+            state = decode(ReportedConfig, m)
+        elif m.topic.endswith("/status"):
+            state = decode(DeviceStatus, m)
+        if state is not None:
+            newest = max(newest, state.device_version if scope == "device" else state.fleet_version)
+    return newest
 
 
 def refuse(problems: list[str]) -> int:
@@ -206,13 +238,12 @@ def refuse(problems: list[str]) -> int:
     return 2
 
 
-def read_desired(session: Session, topic: str) -> DesiredConfig | None:
-    found = session.retained(topic).get(topic)
+def read_desired(found: Message | None) -> DesiredConfig | None:
     if found is None:
         return None
     current = decode(DesiredConfig, found)
     if current is None:
-        raise CtlError(f"the retained document on {topic} is invalid; use --replace --version N")
+        raise CtlError(f"the retained document on {found.topic} is invalid; use --replace")
     return current
 
 
