@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from cloud import ctl_commands, ctl_config, ctl_status
-from cloud.ctl_mqtt import add_connection_options
+from cloud.ctl_cli import add_connection_options
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -13,17 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloud.ctl_mqtt import (
-    CtlError,
-    Session,
-    check_id,
-    connection_options,
-    decode,
-    guarded,
-    parse_value,
-    session_of,
-    shown,
-)
+from cloud.ctl_cli import connection_options, guarded, parse_value, session_of, shown
+from cloud.ctl_mqtt import CtlError, Session, check_id, decode
 from shared.control import (
     COMMANDS,
     Command,
@@ -242,6 +233,6 @@ def await_models(
 
 
 def model_line(device: str, report: ModelReport, width: int) -> str:
-    line = f"{device:<{width}}  {report.status:<8}  {report.name}/{report.version}"
+    line = f"{device:<{width}}  {report.status:<11}  {report.name}/{report.version}"
     line += f"  running {report.running or '-'}"
     return f"{line}  {report.detail}".rstrip()

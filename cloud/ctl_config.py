@@ -18,19 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cloud.ctl_mqtt import (
-    CtlError,
-    Message,
-    Session,
-    check_id,
-    connection_options,
-    decode,
-    guarded,
-    parse_value,
-    session_of,
-    shown,
-    warn,
-)
+from cloud.ctl_cli import connection_options, guarded, parse_value, session_of, shown
+from cloud.ctl_mqtt import CtlError, Message, Session, check_id, decode, warn
 from shared.control import DesiredConfig, DeviceStatus, ReportedConfig, Topics, dump
 from shared.settings.base import SettingsError, deep_merge
 from shared.settings.edge import RuntimeSettings
@@ -176,21 +165,13 @@ def config_set(args: argparse.Namespace) -> int:
         fleet = session.topics
         topic = Topics(fleet.fleet, device).device_desired if device else fleet.fleet_desired
         found = session.retained(topic, fleet.status, fleet.reported)
-        current = read_desired(found.get(topic))
-        doc = {} if args.replace or current is None else copy.deepcopy(current.patch())
-        doc = deep_merge(doc, patch)
-        for key in args.unset:
-            unset_dotted(doc, key)
+        current = read_desired(found.get(topic), replace=args.replace)
+        doc = document(current, patch, args)
         problems = validate(doc)
         if problems:
             return refuse(problems)
         floor = newest_version(session, found.values(), scope, device, current)
-        version = given_version or floor + 1
-        if version <= floor:
-            raise CtlError(
-                f"version {version} is not newer than version {floor} (retained, or in force on "
-                f"a device): devices would ignore it; leave --version out to use {floor + 1}"
-            )
+        version = choose_version(given_version, floor)
         online = [d for d, s in session.statuses(found.values()).items() if s.state == "online"]
         if device and device not in online:
             print(f"note: {device} is not online; it applies the document when it connects")
@@ -202,6 +183,27 @@ def config_set(args: argparse.Namespace) -> int:
             return 0
         expected = [device] if device else online
         return await_reports(session, scope, version, expected, leaf_keys(patch))
+
+
+def document(
+    current: DesiredConfig | None, patch: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The retained document (unless --replace) with the patch applied and --unset keys dropped."""
+    doc = {} if args.replace or current is None else copy.deepcopy(current.patch())
+    doc = deep_merge(doc, patch)
+    for key in args.unset:
+        unset_dotted(doc, key)
+    return doc
+
+
+def choose_version(given: int | None, floor: int) -> int:
+    """``given``, or the one after ``floor``; CtlError when ``given`` would be ignored."""
+    if given is not None and given <= floor:
+        raise CtlError(
+            f"version {given} is not newer than version {floor} (retained, or in force on "
+            f"a device): devices would ignore it; leave --version out to use {floor + 1}"
+        )
+    return given if given is not None else floor + 1
 
 
 def newest_version(
@@ -238,11 +240,10 @@ def refuse(problems: list[str]) -> int:
     return 2
 
 
-def read_desired(found: Message | None) -> DesiredConfig | None:
-    if found is None:
-        return None
-    current = decode(DesiredConfig, found)
-    if current is None:
+def read_desired(found: Message | None, *, replace: bool) -> DesiredConfig | None:
+    """The retained document; an invalid one is an error, unless it is to be replaced."""
+    current = decode(DesiredConfig, found) if found is not None else None
+    if found is not None and current is None and not replace:
         raise CtlError(f"the retained document on {found.topic} is invalid; use --replace")
     return current
 

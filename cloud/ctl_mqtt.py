@@ -1,4 +1,5 @@
-"""The MQTT side of ``autoglm ctl``: one short-lived session per command.
+"""The MQTT side of ``autoglm ctl``: one short-lived session per command (its command-line
+options are in :mod:`cloud.ctl_cli`).
 
 A :class:`Session` connects (MQTT v5, via :func:`shared.mqtt.build_client`), subscribes to the
 topics a command needs, and hands every message to the command through a queue. Retained state is
@@ -9,19 +10,15 @@ message published after it, so once the marker is back the retained state is com
 
 from __future__ import annotations
 
-import argparse
-import functools
-import json
-import os
 import queue
 import re
+import socket
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -38,8 +35,6 @@ M = TypeVar("M", bound=BaseModel)
 # Device and fleet ids are MQTT topic levels: no "/", "+", "#" or spaces (as in EdgeSettings).
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KEEPALIVE_S = 30
-DEFAULT_BROKER = "127.0.0.1:1883"
-DEFAULT_FLEET = "default"
 # Longest wait for the barrier that ends the retained messages.
 SYNC_S = 2.0
 
@@ -78,17 +73,18 @@ def decode(model: type[M], message: Message) -> M | None:
         return None
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value: JSON when it parses (numbers, true, null, "quoted"), else a string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+def close_sockets_of(exc: BaseException) -> None:
+    """Close the sockets left in the frames of a failed connect.
 
-
-def shown(value: Any) -> str:
-    """A value for people: strings bare, everything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
+    paho's ``connect`` drops the socket of a failed TLS handshake without closing it (the garbage
+    collector then closes it, with a ResourceWarning); it is still referenced by the traceback.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in list(tb.tb_frame.f_locals.values()):
+            if isinstance(value, socket.socket):
+                value.close()
+        tb = tb.tb_next
 
 
 class Session:
@@ -152,6 +148,7 @@ class Session:
         try:
             client.connect(host, port, keepalive=KEEPALIVE_S)
         except OSError as exc:
+            close_sockets_of(exc)
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise CtlError(f"cannot connect to the MQTT broker at {where}: {reason}") from None
         self._client = client
@@ -287,96 +284,3 @@ class Session:
         props = reply_properties(f"{self.replies}/{tag}", tag.encode())
         self.publish(Topics(self.topics.fleet, device).command(name), payload, properties=props)
         return tag.encode()
-
-
-# ---------------------------------------------------------------------------------------------
-# From the command line.
-
-
-def session_of(args: argparse.Namespace) -> Session:
-    password = None
-    if args.password_file is not None:
-        try:
-            password = Path(args.password_file).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise CtlError(f"cannot read --password-file: {exc}") from None
-    tls = None
-    if args.tls or args.ca_file is not None:
-        tls = ClientTLSSettings(enabled=True, ca_file=args.ca_file)
-    return Session(
-        args.mqtt,
-        args.fleet,
-        timeout=args.timeout,
-        username=args.username,
-        password=password,
-        tls=tls,
-    )
-
-
-def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """A handler whose CtlError becomes one line on stderr and exit code 2."""
-
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except CtlError as exc:
-            warn(str(exc))
-            return 2
-
-    return run
-
-
-def add_connection_options(parser: argparse.ArgumentParser, *, leaf: bool = False) -> None:
-    """The options of the broker connection: on the group with their defaults, and again on
-    every subcommand (``leaf``) with no defaults, so that they may come after it too."""
-    env = os.environ.get
-
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if leaf else value
-
-    group = parser.add_argument_group("connection") if leaf else parser
-    group.add_argument(
-        "--mqtt",
-        default=default(env("AUTOGLM_CTL_MQTT") or DEFAULT_BROKER),
-        metavar="HOST:PORT",
-        help=f"the broker (env AUTOGLM_CTL_MQTT; default: {DEFAULT_BROKER})",
-    )
-    group.add_argument(
-        "--fleet",
-        default=default(env("AUTOGLM_CTL_FLEET") or DEFAULT_FLEET),
-        help=f"the fleet (env AUTOGLM_CTL_FLEET; default: {DEFAULT_FLEET})",
-    )
-    group.add_argument(
-        "--username", default=default(env("AUTOGLM_CTL_USERNAME")), help="env AUTOGLM_CTL_USERNAME"
-    )
-    group.add_argument(
-        "--password-file",
-        type=Path,
-        default=default(env("AUTOGLM_CTL_PASSWORD_FILE")),
-        metavar="FILE",
-        help="file holding the password (env AUTOGLM_CTL_PASSWORD_FILE)",
-    )
-    group.add_argument(
-        "--tls", action="store_true", default=default(False), help="TLS to the broker (system CAs)"
-    )
-    group.add_argument(
-        "--ca-file",
-        type=Path,
-        default=default(None),
-        help="CA of the broker's certificate (sets --tls)",
-    )
-    group.add_argument(
-        "--timeout",
-        type=float,
-        default=default(10.0),
-        metavar="S",
-        help="seconds to wait for the broker and for devices' answers (default: 10)",
-    )
-
-
-def connection_options() -> argparse.ArgumentParser:
-    """A parent parser that gives a subcommand the connection options (see above)."""
-    parent = argparse.ArgumentParser(add_help=False)
-    add_connection_options(parent, leaf=True)
-    return parent

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cloud.ctl_mqtt import Message, connection_options, decode, guarded, session_of
+from cloud.ctl_cli import connection_options, guarded, session_of
+from cloud.ctl_mqtt import Message, decode
 from shared.control import DeviceStatus, ModelReport, ReportedConfig, Telemetry, Topics
 
 # Per-device topic (after devices/<id>/) -> its payload model and the view's field.

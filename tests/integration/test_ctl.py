@@ -347,6 +347,24 @@ def test_the_version_continues_from_the_devices_when_the_broker_lost_the_documen
     assert "config version 6" in out and "dev-a  200  applied  routing.threshold=0.6" in out
 
 
+def test_an_invalid_retained_document_is_reported_and_can_be_replaced(
+    ctl: Ctl, broker: Broker, fleet: str
+) -> None:
+    """A broken retained document (version 0) stops a merge; --replace overwrites it."""
+    client = paho_client(broker)
+    publish(client, Topics(fleet).fleet_desired, b'{"version": 0}', retain=True)
+    close(client)
+    code, _, err = ctl("config", "set", "cache.enabled=false", "--no-wait")
+    assert code == 2
+    assert "version: Input should be greater than or equal to 1" in err
+    assert "is invalid; use --replace" in err
+    assert ctl("config", "set", "cache.enabled=false", "--replace", "--no-wait")[0] == 0
+    assert retained(broker, Topics(fleet).fleet_desired) == {
+        "version": 1,
+        "cache": {"enabled": False},
+    }
+
+
 def test_with_no_device_online_config_set_says_so_and_still_publishes(
     ctl: Ctl, broker: Broker, fleet: str
 ) -> None:
@@ -468,7 +486,7 @@ def test_models_announce_publishes_the_verified_manifest_and_waits_for_applied(
     assert code == 0, out
     assert "announced demo/2 (2 files, 5 bytes) to fleet" in out
     assert "dev-a  downloading  demo/2  running demo/1" in out
-    assert "dev-a  applied   demo/2  running demo/2" in out
+    assert "dev-a  applied      demo/2  running demo/2" in out
     ann = retained(broker, Topics(fleet).announce)
     assert ann is not None
     files = open_pack(pack).files
@@ -487,8 +505,20 @@ def test_models_announce_reports_a_failed_device_and_a_silent_one(
     )
     assert code == 1
     assert "to dev-a, dev-b" in out
-    assert "dev-a  failed    demo/3  running demo/1  sha256 mismatch" in out
+    assert "dev-a  failed       demo/3  running demo/1  sha256 mismatch" in out
     assert f"no final report in {SHORT} s from: dev-b" in out
+
+
+def test_re_announcing_a_version_that_failed_reports_the_earlier_failure_at_once(
+    ctl: Ctl, device: DeviceMaker, tmp_path: Path, make_pack: Any
+) -> None:
+    """The device's retained report says this version failed: no wait for a retry."""
+    pack = make_pack(tmp_path, "demo", "5", {"proxy.onnx": b"onnx"})
+    device("dev-a", model_outcome="failed")
+    assert ctl("models", "announce", "--pack", str(pack))[0] == 1
+    code, out, _ = ctl("models", "announce", "--pack", str(pack), "--timeout", "30")
+    assert code == 1
+    assert "dev-a  failed       demo/5  running demo/1  earlier: sha256 mismatch" in out
 
 
 def test_models_announce_refuses_a_pack_that_does_not_verify(
@@ -546,4 +576,19 @@ def test_works_over_tls_with_the_production_acl_as_the_operator_account(
     captured = capsys.readouterr()
     assert "dev-a  200  applied  routing.threshold=0.2" in captured.out
     assert "dev-a  ok" in captured.out
-    assert "sync marker" not in captured.err  # the operator may write its replies/ prefix
+    assert "autoglm ctl:" not in captured.err  # no warning: the sync marker came back
+
+
+def test_an_untrusted_broker_certificate_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--tls with the system CAs against a test CA's certificate: refused, no traceback."""
+    certs = make_certs(tmp_path / "certs")
+    with Broker.production(tmp_path / "b", users={"operator": "x"}, certs=certs) as b:
+        code = main(["ctl", "--mqtt", f"127.0.0.1:{b.tls_port}", "--tls", "status"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith(
+        f"autoglm ctl: cannot connect to the MQTT broker at 127.0.0.1:{b.tls_port}"
+    )
+    assert "CERTIFICATE_VERIFY_FAILED" in err and "\n" not in err

@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from cloud.ctl_config import changes_of, leaf_keys, report_line, set_dotted, unset_dotted
-from cloud.ctl_mqtt import CtlError, parse_value
+from cloud.ctl_cli import parse_value
+from cloud.ctl_config import (
+    changes_of,
+    choose_version,
+    leaf_keys,
+    report_line,
+    set_dotted,
+    unset_dotted,
+)
+from cloud.ctl_mqtt import CtlError
 from shared.cli import build_parser
 from shared.control import ReportedConfig
 
@@ -61,6 +69,15 @@ def test_a_json_file_is_read_and_its_version_used_unless_given(tmp_path: Path) -
     path.write_text('{"version": 5, "cache": {"enabled": false}}')
     assert changes_of(set_args("--file", str(path))) == ({"cache": {"enabled": False}}, 5)
     assert changes_of(set_args("--file", str(path), "--version", "9"))[1] == 9
+
+
+def test_the_version_is_the_next_one_and_an_older_one_is_refused() -> None:
+    """Devices ignore a version that is not newer: the CLI refuses it instead of timing out."""
+    assert choose_version(None, 0) == 1
+    assert choose_version(None, 6) == 7
+    assert choose_version(9, 6) == 9
+    with pytest.raises(CtlError, match="leave --version out to use 7"):
+        choose_version(6, 6)
 
 
 def test_connection_options_may_come_before_or_after_the_subcommand() -> None:
