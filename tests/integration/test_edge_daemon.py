@@ -253,3 +253,17 @@ def test_two_cloud_targets_one_killed_no_request_fails(
         edge.stop()
         for c in clouds:
             c.stop()
+
+
+def test_health_and_reflection_are_served(edge: EdgeServer) -> None:
+    """Generic tools see SERVING and can list autoglm.v1.Inference through reflection."""
+    from grpc_health.v1 import health_pb2
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    assert edge.health("autoglm.v1.Inference") == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(edge.address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"autoglm.v1.Inference", "grpc.health.v1.Health"} <= names
