@@ -306,11 +306,26 @@ def test_killed_edge_is_lost_and_restarts_with_saved_settings_while_the_broker_i
     edge: EdgeServer, broker: Broker, cloud: CloudServer, quick_pack: Path, workdir: Path
 ) -> None:
     """SIGKILL: the Last Will marks the device lost. Restarted with no broker, the daemon serves
-    with the configuration applied before (threshold 0: everything at the edge)."""
+    the pack rolled out before (v2) with the configuration applied before (threshold 0:
+    everything at the edge)."""
+    t = c.Topics(FLEET, DEVICE)
     op = paho_client(broker, client_id="operator-3")
     try:
-        status = subscribe(op, c.Topics(FLEET, DEVICE).status)
+        status = subscribe(op, t.status)
         _wait_for(status, lambda m: json.loads(m.payload)["state"] == "online")
+        reports = subscribe(op, t.models_reported)
+        manifest = read_manifest(workdir / "packs" / "quick" / "v2")
+        ann = c.ModelAnnouncement(name="quick", version="v2", files=manifest.files)
+        publish(op, t.announce, c.dump(ann), retain=True)
+        _wait_for(
+            reports,
+            lambda m: (
+                json.loads(m.payload)["version"] == "v2"
+                and json.loads(m.payload)["status"] == "applied"
+            ),
+            timeout=30,
+        )
+        publish(op, t.announce, b"", retain=True)
         edge.kill()
         _wait_for(status, lambda m: json.loads(m.payload)["state"] == "lost")
     finally:
@@ -319,6 +334,7 @@ def test_killed_edge_is_lost_and_restarts_with_saved_settings_while_the_broker_i
     try:
         edge.restart().wait_serving()
         assert held_out_routes(edge) == {"ROUTE_EDGE"}
+        assert ask(edge, "rev abc=").models.edge_pack == "quick/v2"
         assert "applied configuration from" in edge.log()
     finally:
         broker.start().wait_ready()
