@@ -307,7 +307,7 @@ def test_killed_edge_is_lost_and_restarts_with_saved_settings_while_the_broker_i
 ) -> None:
     """SIGKILL: the Last Will marks the device lost. Restarted with no broker, the daemon serves
     the pack rolled out before (v2) with the configuration applied before (threshold 0:
-    everything at the edge)."""
+    everything at the edge), and joins once the broker appears."""
     t = c.Topics(FLEET, DEVICE)
     op = paho_client(broker, client_id="operator-3")
     try:
@@ -338,6 +338,12 @@ def test_killed_edge_is_lost_and_restarts_with_saved_settings_while_the_broker_i
         assert "applied configuration from" in edge.log()
     finally:
         broker.start().wait_ready()
+    op = paho_client(broker, client_id="operator-5")  # the broker appears: the agent joins
+    try:
+        status = subscribe(op, t.status)
+        _wait_for(status, lambda m: json.loads(m.payload)["state"] == "online", timeout=40)
+    finally:
+        close(op)
 
 
 def test_drain_command_stops_the_daemon_cleanly(edge: EdgeServer, broker: Broker) -> None:

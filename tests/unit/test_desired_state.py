@@ -75,3 +75,12 @@ def test_telemetry_window_counts_routes_errors_and_percentiles() -> None:
     assert stats.cloud_errors == 1 and stats.escalation_share == 0.25
     assert stats.latency_ms["p50"] == 50.5 and 95 <= stats.latency_ms["p95"] <= 96
     assert window.drain().answered == 0
+
+
+def test_an_announcement_targets_the_fleet_or_only_its_listed_devices() -> None:
+    """No device list: everyone; a list: a staged roll-out to those devices only."""
+    from shared.control import ModelAnnouncement
+
+    assert ModelAnnouncement(name="p", version="v", files={}).targets("any")
+    staged = ModelAnnouncement(name="p", version="v", files={}, devices=["a", "b"])
+    assert staged.targets("a") and not staged.targets("c")
