@@ -114,6 +114,16 @@ def add_connection_options(parser: argparse.ArgumentParser, *, leaf: bool = Fals
     )
 
 
+def add_wait_flag(parser: argparse.ArgumentParser) -> None:
+    """--wait / --no-wait: whether to wait for the devices' reports."""
+    parser.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for the devices' reports (default: yes)",
+    )
+
+
 def connection_options() -> argparse.ArgumentParser:
     """A parent parser that gives a subcommand the connection options (see above)."""
     parent = argparse.ArgumentParser(add_help=False)

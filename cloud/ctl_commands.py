@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloud.ctl_cli import connection_options, guarded, parse_value, session_of, shown
+from cloud.ctl_cli import add_wait_flag, connection_options, guarded, parse_value, session_of, shown
 from cloud.ctl_mqtt import CtlError, Session, check_id, decode
 from shared.control import (
     COMMANDS,
@@ -37,12 +37,7 @@ def register(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     announce.add_argument("--pack", type=Path, required=True, help="the pack's version folder")
     announce.add_argument("--devices", help="comma-separated ids (staged roll-out); default all")
-    announce.add_argument(
-        "--wait",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="wait for the devices' reports (default: yes)",
-    )
+    add_wait_flag(announce)
     announce.set_defaults(handler=guarded(models_announce))
     rollback = verbs.add_parser(
         "rollback", parents=[connection_options()], help="go back to the previous pack"

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cloud.ctl_cli import connection_options, guarded, parse_value, session_of, shown
+from cloud.ctl_cli import add_wait_flag, connection_options, guarded, parse_value, session_of, shown
 from cloud.ctl_mqtt import CtlError, Message, Session, check_id, decode, warn
 from shared.control import DesiredConfig, DeviceStatus, ReportedConfig, Topics, dump
 from shared.settings.base import SettingsError, deep_merge
@@ -49,12 +49,7 @@ def register(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     put.add_argument(
         "--replace", action="store_true", help="start from an empty document, not the retained one"
     )
-    put.add_argument(
-        "--wait",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="wait for the devices' reports (default: yes)",
-    )
+    add_wait_flag(put)
     put.set_defaults(handler=guarded(config_set))
 
     get = verbs.add_parser(

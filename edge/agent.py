@@ -124,7 +124,9 @@ class EdgeAgent:
     async def _handle(self, topic: str, payload: bytes, props: Properties | None) -> None:
         t = self.topics
         try:
-            if not payload and topic != t.commands.rsplit("/", 1)[0]:
+            if topic.startswith(t.commands[:-1]):  # an empty command payload means no args
+                await self._command(topic.rsplit("/", 1)[1], payload, props)
+            elif not payload:
                 log.info("MQTT: %s cleared; keeping what is in force", topic)
             elif topic == t.fleet_desired:
                 await self._desired("fleet", payload)
@@ -132,8 +134,6 @@ class EdgeAgent:
                 await self._desired("device", payload)
             elif topic == t.announce:
                 await self._announce(payload)
-            elif topic.startswith(t.commands[:-1]):
-                await self._command(topic.rsplit("/", 1)[1], payload, props)
         except Exception:
             log.exception("MQTT: handling %s failed", topic)
 

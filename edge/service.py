@@ -254,20 +254,17 @@ class EdgeInference(inference_pb2_grpc.InferenceServicer):
                 should_stop=should_stop if stops else None,
             )
 
-        if self._decoding == 0 and self._inline_ok(params.max_new_tokens):
-            # Alone: decode on the event loop. Handing a ~1 ms decode to a worker thread and back
-            # costs ~0.3 ms; with other requests in flight, the pool lets decodes overlap.
-            self._decoding += 1
-            try:
+        inline = self._decoding == 0 and self._inline_ok(params.max_new_tokens)
+        self._decoding += 1
+        try:
+            if inline:
+                # Alone: decode on the event loop. Handing a ~1 ms decode to a worker thread and
+                # back costs ~0.3 ms; with other requests in flight, the pool lets decodes overlap.
                 result = decode()
-            finally:
-                self._decoding -= 1
-        else:
-            self._decoding += 1
-            try:
+            else:
                 result = await asyncio.get_running_loop().run_in_executor(self.executor, decode)
-            finally:
-                self._decoding -= 1
+        finally:
+            self._decoding -= 1
         t.add(stage, since)
         self.metrics.proxy_seconds.observe(time.monotonic() - since)
         return result
