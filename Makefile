@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	@if [ ! -x $(BIN)/python ]; then \
 		$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q --upgrade pip; \
 	fi
-	$(BIN)/python -m pip install $(PIP_ARGS) -c constraints-cpu.txt -e '.[cloud,edge,dev]'
+	$(BIN)/python -m pip install $(PIP_ARGS) -c constraints-cpu.txt -e '.[cloud,edge,bench,dev]'
 	@touch $@
 
 mosquitto:  ## install the MQTT broker (Debian's mosquitto) unless it is already there

@@ -4,11 +4,13 @@ Each subcommand group lives with the component it drives and is imported only wh
 edge's commands run on a device without torch:
 
     autoglm models build|eval|list     model toolkit (cloud/toolkit/cli.py, needs torch)
-    autoglm bench train|cloud|all      benchmarks (cloud/toolkit/bench.py)
+    autoglm bench train|cloud|edge|hybrid|...  benchmarks (cloud/toolkit/bench.py)
     autoglm cloud serve                the cloud inference service (cloud/cli.py)
     autoglm edge serve                 the edge daemon (edge/cli.py, no torch)
     autoglm ask PROMPT                 a client of either (edge/ask.py)
     autoglm ctl config|status|models|cmd   operator CLI over MQTT (cloud/ctl.py, no torch)
+    autoglm health ADDR                a gRPC health probe for containers (shared/health.py)
+    autoglm demo                       broker, cloud and two edges on loopback (cloud/toolkit/demo.py)
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "edge": ("edge.cli", "the edge daemon (edge serve)"),
     "ask": ("edge.ask", "send a prompt to an edge daemon or a cloud and print the answer"),
     "ctl": ("cloud.ctl", "operator CLI over MQTT: config, status, models, commands"),
+    "health": ("shared.health", "check a server's gRPC health (exit 0 when SERVING)"),
+    "demo": ("cloud.toolkit.demo", "the whole system on loopback: broker, cloud, two edges"),
 }
 
 

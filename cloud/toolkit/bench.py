@@ -11,6 +11,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,11 @@ def register(parser: argparse.ArgumentParser) -> None:
             "edge",
             "edge daemon overhead over gRPC, KV cache vs recomputation, int8 vs fp32 proxy",
         ),
-        ("all", "every benchmark above"),
+        (
+            "hybrid",
+            "all-edge, all-cloud and hybrid on one workload through an emulated WAN",
+        ),
+        ("all", "every benchmark above but hybrid"),
     ):
         b = sub.add_parser(name, help=help_text)
         b.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for the JSON")
@@ -45,7 +50,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                 default=5 if name == "edge" else 3,
                 help="interleaved rounds (medians)",
             )
-        if name in ("cloud", "overload", "edge", "all"):
+        if name == "hybrid":
+            add_hybrid_options(b)
+        if name in ("cloud", "overload", "edge", "hybrid", "all"):
             b.add_argument("--pack", type=Path, default=Path("packs/demo/latest"), help="pack")
         if name in ("overload", "all"):
             b.add_argument("--queue-bound", type=int, default=16, help="overload: max_waiting")
@@ -61,6 +68,23 @@ def register(parser: argparse.ArgumentParser) -> None:
             b.add_argument(
                 "--per-cell", type=int, default=10, help="cloud: prompts per family/tier"
             )
+
+
+def add_hybrid_options(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--requests", type=int, default=600, help="distinct prompts in the workload")
+    b.add_argument("--rounds", type=int, default=3, help="rounds of the three modes, rotating")
+    b.add_argument("--load", choices=["closed", "open"], default="closed", help="load model")
+    b.add_argument("--concurrency", type=int, default=4, help="closed loop: concurrent clients")
+    b.add_argument("--rate", type=float, default=20.0, help="open loop: requests per second")
+    b.add_argument("--rtt-ms", type=float, default=50.0, help="emulated WAN round-trip time")
+    b.add_argument("--jitter-ms", type=float, default=5.0, help="emulated WAN jitter")
+    b.add_argument("--threshold", type=float, help="routing threshold (default: the pack's)")
+    b.add_argument(
+        "--no-kill-cloud", action="store_true", help="skip the phase with the cloud killed"
+    )
+    b.add_argument("--seed", type=int, default=0, help="workload and arrivals seed")
+    b.add_argument("--json", action="store_true", help="print only the JSON report on stdout")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def _step_times(
@@ -276,7 +300,40 @@ def _run_edge(args: argparse.Namespace) -> None:
     _write(args, "edge", r)
 
 
+def _run_hybrid(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from cloud.toolkit.hybrid_bench import bench_hybrid, format_report, write_outputs
+    from cloud.toolkit.workload import Load
+
+    say = (lambda _: None) if args.json else (lambda text: print(text, file=sys.stderr))
+    with tempfile.TemporaryDirectory(prefix="autoglm-hybrid-") as tmp:
+        report, phases = bench_hybrid(
+            args.pack,
+            Path(tmp),
+            requests=args.requests,
+            rounds=args.rounds,
+            load=Load(args.load, args.concurrency, args.rate, args.seed),
+            rtt_ms=args.rtt_ms,
+            jitter_ms=args.jitter_ms,
+            threshold=args.threshold,
+            kill_cloud=not args.no_kill_cloud,
+            seed=args.seed,
+            show_progress=not args.no_progress,
+            say=say,
+        )
+    written = write_outputs(report, phases, args.out, "hybrid")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(format_report(report))
+    print("\nwritten: " + ", ".join(written))
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.bench == "hybrid":
+        _run_hybrid(args)
+        return 0
     if args.bench in ("train", "all"):
         _run_train(args)
     if args.bench in ("cloud", "all"):
