@@ -59,6 +59,7 @@ class DelayProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="wan", daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # one per open connection
         self.connections = 0  # accepted so far
         self.bytes_forwarded = 0
 
@@ -121,15 +122,20 @@ class DelayProxy:
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             server_r, server_w = await asyncio.open_connection(*self.target)
         except OSError:
+            self._tasks.discard(task)
             client_w.close()  # the target is down: the client sees a reset, as over a WAN
             return
         self._writers |= {client_w, server_w}
         try:
             await asyncio.gather(self._pump(client_r, server_w), self._pump(server_r, client_w))
         finally:
+            self._tasks.discard(task)
             for w in (client_w, server_w):
                 self._writers.discard(w)
                 w.close()
@@ -179,5 +185,8 @@ class DelayProxy:
         if self._server is not None:
             self._server.close()
         await self._cut()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
