@@ -43,9 +43,8 @@ mosquitto:  ## install the MQTT broker (Debian's mosquitto) unless it is already
 test: venv mosquitto  ## run all tests, including the generated-code and docs freshness checks
 	PATH="$$PATH:/usr/sbin" $(BIN)/python -m pytest -q
 
-demo: venv mosquitto  ## build the demo model pack and evaluate it
-	$(BIN)/autoglm models build --out packs
-	$(BIN)/autoglm models eval packs/demo/latest
+demo: venv mosquitto  ## the whole system on loopback: broker, cloud, two edges, a mixed workload
+	PATH="$$PATH:/usr/sbin" $(BIN)/autoglm demo
 
 lint: venv  ## ruff lint, ruff format check, mypy
 	$(BIN)/ruff check .
