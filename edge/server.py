@@ -163,8 +163,9 @@ class EdgeDaemon:
             if agent is not None:
                 agent.start()
             if self.settings.metrics_port > 0:
-                self.metrics.start_http(self.settings.metrics_port)
-                log.info("metrics on http://127.0.0.1:%d/metrics", self.settings.metrics_port)
+                host, port = self.settings.metrics_host, self.settings.metrics_port
+                self.metrics.start_http(port, host)
+                log.info("metrics on http://%s:%d/metrics", host, port)
             with stop_on_signals(self._stop):
                 try:
                     loop.add_signal_handler(signal.SIGHUP, on_hup)

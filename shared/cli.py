@@ -10,7 +10,7 @@ edge's commands run on a device without torch:
     autoglm ask PROMPT                 a client of either (edge/ask.py)
     autoglm ctl config|status|models|cmd   operator CLI over MQTT (cloud/ctl.py, no torch)
     autoglm health ADDR                a gRPC health probe for containers (shared/health.py)
-    autoglm demo                       broker, cloud and two edges on loopback (cloud/toolkit/demo.py)
+    autoglm demo                       the whole system on loopback (cloud/toolkit/demo.py)
 """
 
 from __future__ import annotations

@@ -80,12 +80,12 @@ def check(
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as exc:
-            code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+            code: grpc.StatusCode = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise HealthError(f"no answer within {timeout:g} s") from None
             if code == grpc.StatusCode.NOT_FOUND:
                 raise HealthError(f"the server does not know the service {service!r}") from None
-            details = " ".join(str(exc.details() or "").split())  # type: ignore[attr-defined]
+            details = " ".join(str(exc.details() or "").split())
             raise HealthError(f"{code.name}: {details}" if details else code.name) from None
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 

@@ -126,8 +126,9 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
         await server.start()
         await set_serving(health_servicer, (INFERENCE, MODEL_STORE))
         if settings.metrics_port > 0:
-            metrics.start_http(settings.metrics_port)
-            log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+            host, port = settings.metrics_host, settings.metrics_port
+            metrics.start_http(port, host)
+            log.info("metrics on http://%s:%d/metrics", host, port)
         log.info("serving pack %s on %s", label, address)
         if on_ready is not None:
             on_ready(address)

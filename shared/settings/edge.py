@@ -304,6 +304,12 @@ class EdgeSettings(ComponentSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics page; 0 = off."
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the /metrics page listens on; 0.0.0.0 in a container or pod, so "
+        "that Prometheus can reach it.",
+    )
     max_new_tokens_limit: int = Field(
         default=256,
         ge=1,

@@ -41,14 +41,16 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cloud(quick_pack: Path, workdir: Path) -> Iterator[CloudServer]:
     server = CloudServer(quick_pack, workdir, args=["--auth-disabled"])
-    yield server.wait_serving()
+    server.wait_serving()
+    yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def edge(quick_pack: Path, workdir: Path, cloud: CloudServer) -> Iterator[EdgeServer]:
     server = EdgeServer(quick_pack, workdir, clouds=[cloud.address])
-    yield server.wait_serving()
+    server.wait_serving()
+    yield server
     server.stop()
 
 
@@ -69,7 +71,8 @@ def tls_cloud(quick_pack: Path, workdir: Path) -> Iterator[tuple[CloudServer, Pa
             a, grpc.ssl_channel_credentials(ca.read_bytes())
         ),
     )
-    yield server.wait_serving(), ca
+    server.wait_serving()
+    yield server, ca
     server.stop()
 
 
