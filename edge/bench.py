@@ -370,6 +370,37 @@ def _time_kv_row(
 
         return run
 
+    # The decode's decoder calls alone, back to back, each way: the same inputs as the decode
+    # above (prefill then one token at a time against the cache; or each whole sequence), with
+    # no token picking and no Python loop between them. Their ratio is the most that cheaper
+    # per-step Python could give the speed-up.
+    toks, p = [*ids, *ref.token_ids[: ref.steps - 1]], len(ids)  # every token the decode fed
+    kv_calls = [(*_whole(ids), decoder.empty_past())]
+    _, past_n = decoder.forward(*kv_calls[0])
+    for n in range(p, len(toks)):
+        kv_calls.append(
+            (
+                np.asarray([[toks[n]]], dtype=np.int64),
+                np.ones((1, n + 1), dtype=np.int64),
+                np.asarray([[n]], dtype=np.int64),
+                past_n,
+            )
+        )
+        _, past_n = decoder.forward(*kv_calls[-1])
+    full_calls = [(*_whole(toks[:n]), decoder.empty_past()) for n in range(p, len(toks) + 1)]
+
+    def calls_only(calls: list[Any]) -> Callable[[int], list[float]]:
+        def run(_r: int) -> list[float]:
+            out = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                for c in calls:
+                    decoder.forward(*c)
+                out.append(time.perf_counter() - t0)
+            return out
+
+        return run
+
     for use_cache in (True, False):  # warm-up
         variant(use_cache)(0)
     s = _interleaved(
@@ -379,10 +410,14 @@ def _time_kv_row(
             "recompute": variant(False),
             "step_one": call(False),
             "step_all": call(True),
+            "calls_cache": calls_only(kv_calls),
+            "calls_recompute": calls_only(full_calls),
         },
     )
     cached, recompute = statistics.median(s["cache"]), statistics.median(s["recompute"])
     step_one, step_all = statistics.median(s["step_one"]), statistics.median(s["step_all"])
+    calls_cache = statistics.median(s["calls_cache"])
+    calls_recompute = statistics.median(s["calls_recompute"])
     return {
         "row": label,
         "context_limit": decoder.context_limit,
@@ -395,6 +430,12 @@ def _time_kv_row(
         "kv_cache_ms": 1000 * cached,
         "recompute_ms": 1000 * recompute,
         "speedup": recompute / cached,
+        "decoder_calls_only": {  # the same calls with nothing between them (see above)
+            "calls_per_decode": len(kv_calls),
+            "kv_cache_ms": 1000 * calls_cache,
+            "recompute_ms": 1000 * calls_recompute,
+            "speedup": calls_recompute / calls_cache,
+        },
         "last_step": {  # the decoder call that makes the last token, each way
             "sequence_tokens": len(seq),
             "one_token_with_cache_ms": 1000 * step_one,

@@ -87,6 +87,19 @@ class OnnxDecoder:
             wanted = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
         log.info("loaded %s with providers %s", self.path.name, self.active_providers)
+        # What every call reuses, built once: the I/O names in the order of ``past`` and of the
+        # outputs, and read-only arrays that each step slices (views, no allocation): an
+        # attention mask of ones and the positions 0 .. context_limit - 1.
+        io = self.io
+        layers = range(self.n_layer)
+        self._past_names = [f.format(i=i) for i in layers for f in (io.past_key, io.past_value)]
+        self._out_names = [
+            io.logits,
+            *(f.format(i=i) for i in layers for f in (io.present_key, io.present_value)),
+        ]
+        self._ones = _frozen(np.ones((1, self.context_limit), dtype=np.int64))
+        self._positions = _frozen(np.arange(self.context_limit, dtype=np.int64)[None])
+        self._no_past = self.empty_past()  # zero-length: nothing in it to write
 
     @classmethod
     def from_pack(
@@ -125,17 +138,25 @@ class OnnxDecoder:
         past: list[np.ndarray],
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """One decoder call: logits [B, T, V] and the present cache (2 per layer)."""
+        out = self._run(self._out_names, input_ids, attention_mask, position_ids, past)
+        return out[0], out[1:]
+
+    def _run(
+        self,
+        outputs: list[str],
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: Sequence[np.ndarray],
+    ) -> list[np.ndarray]:
+        """One decoder call asking for ``outputs`` only (names, in that order)."""
         io = self.io
-        feed = {
-            io.input_ids: input_ids,
-            io.attention_mask: attention_mask,
-            io.position_ids: position_ids,
-        }
-        for i in range(self.n_layer):
-            feed[io.past_key.format(i=i)] = past[2 * i]
-            feed[io.past_value.format(i=i)] = past[2 * i + 1]
-        out = self.session.run(None, feed)
-        return out[0], list(out[1:])
+        feed = dict(zip(self._past_names, past, strict=True))
+        feed[io.input_ids] = input_ids
+        feed[io.attention_mask] = attention_mask
+        feed[io.position_ids] = position_ids
+        out: list[np.ndarray] = self.session.run(outputs, feed)
+        return out
 
     def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
         """Refuse before the model sees a position beyond its context limit."""
@@ -167,13 +188,21 @@ class OnnxDecoder:
         if max_new_tokens <= 0:
             return DecodeResult([], [], "length", 0)
         rng = np.random.default_rng(params.seed)
-        seq = list(prompt_ids)
-        logits, past = self._first(seq)
+        # The tokens so far, in a buffer each call takes a view of; the mask and the positions
+        # are views of the decoder's read-only arrays. With the cache a step feeds the new token
+        # and the previous step's present tensors as they came back; without it, the whole
+        # sequence from an empty cache, asking for the logits only.
+        n = len(prompt_ids)
+        ids = np.empty((1, self.context_limit), dtype=np.int64)
+        ids[0, :n] = prompt_ids
+        ones, positions = self._ones, self._positions
+        wanted = self._out_names if use_cache else self._out_names[:1]
+        out = self._run(wanted, ids[:, :n], ones[:, :n], positions[:, :n], self._no_past)
         tokens: list[int] = []
         probs: list[float] = []
         steps = 1
         while True:
-            tok, prob = _pick(logits[0, -1], params, rng)
+            tok, prob = _pick(out[0][0, -1], params, rng)
             probs.append(prob)
             if stop_below is not None and prob < stop_below:
                 return DecodeResult(tokens, probs, "low_confidence", steps)
@@ -184,24 +213,23 @@ class OnnxDecoder:
                 return DecodeResult(tokens, probs, "stop", steps)
             if len(tokens) >= max_new_tokens:
                 return DecodeResult(tokens, probs, "length", steps)
-            seq.append(tok)
+            ids[0, n] = tok  # position n; the sequence is now n + 1 tokens long
             if use_cache:
-                n = len(seq) - 1  # position of the new token
-                logits, past = self.forward(
-                    np.asarray([[tok]], dtype=np.int64),
-                    np.ones((1, n + 1), dtype=np.int64),
-                    np.asarray([[n]], dtype=np.int64),
-                    past,
+                out = self._run(
+                    wanted, ids[:, n : n + 1], ones[:, : n + 1], positions[:, n : n + 1], out[1:]
                 )
             else:
-                logits, past = self._first(seq)
+                out = self._run(
+                    wanted, ids[:, : n + 1], ones[:, : n + 1], positions[:, : n + 1], self._no_past
+                )
+            n += 1
             steps += 1
 
-    def _first(self, seq: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The forward pass over a whole sequence, from an empty cache."""
-        ids = np.asarray([seq], dtype=np.int64)
-        pos = np.arange(ids.shape[1], dtype=np.int64)[None]
-        return self.forward(ids, np.ones_like(ids), pos, self.empty_past())
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """``a``, read-only: shared by every call (and thread), never written."""
+    a.flags.writeable = False
+    return a
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.proxy import Proxy, load_proxy
@@ -51,6 +53,74 @@ def test_should_stop_ends_decoding_at_a_stop_string(proxy: Proxy) -> None:
 
     cut = proxy.decoder.generate(ids, 12, should_stop=should_stop)
     assert cut.finished == "stop" and len(cut.token_ids) < len(full.token_ids)
+
+
+def _reference_greedy(proxy: Proxy, ids: list[int], max_new: int) -> tuple[list[int], list[float]]:
+    """Greedy KV-cache decoding written out with ``forward`` and fresh arrays at every step."""
+    dec = proxy.decoder
+    n = len(ids)
+    logits, past = dec.forward(
+        np.asarray([ids], dtype=np.int64),
+        np.ones((1, n), dtype=np.int64),
+        np.arange(n, dtype=np.int64)[None],
+        dec.empty_past(),
+    )
+    tokens: list[int] = []
+    probs: list[float] = []
+    while True:
+        x = logits[0, -1].astype(np.float64)
+        p = np.exp(x - x.max())
+        p = p / p.sum()
+        tok = int(p.argmax())
+        probs.append(float(p[tok]))
+        if tok == dec.eos_id:
+            return tokens, probs
+        tokens.append(tok)
+        if len(tokens) >= max_new:
+            return tokens, probs
+        logits, past = dec.forward(
+            np.asarray([[tok]], dtype=np.int64),
+            np.ones((1, n + 1), dtype=np.int64),
+            np.asarray([[n]], dtype=np.int64),
+            past,
+        )
+        n += 1
+
+
+PROMPTS = ["rev abcdef=", "shift abc=", "sort qwerty=", "max 3 9 4=", "count c ccbcb="]
+
+
+def test_generate_equals_step_by_step_forward_calls(proxy: Proxy) -> None:
+    """generate (reused buffers, views, the present tensors fed back as they come) writes exactly
+    what plain forward calls with fresh arrays write: tokens and probabilities, to the bit; and
+    recomputing the whole sequence at each step (logits only) writes the same tokens."""
+    dec = proxy.decoder
+    for prompt in PROMPTS:
+        ids = proxy.tokenizer.encode(prompt)
+        max_new = dec.context_limit - len(ids)
+        ref_tokens, ref_probs = _reference_greedy(proxy, ids, max_new)
+        r = dec.generate(ids, max_new)
+        assert (r.token_ids, r.token_probs) == (ref_tokens, ref_probs), prompt
+        assert r.steps == len(ref_probs)
+        full = dec.generate(ids, max_new, use_cache=False)
+        assert full.token_ids == r.token_ids, prompt
+        assert full.token_probs == pytest.approx(r.token_probs, abs=1e-5)
+        assert (full.finished, full.steps) == (r.finished, r.steps)
+
+
+def test_concurrent_generate_calls_match_sequential_ones(proxy: Proxy) -> None:
+    """The decoder's shared read-only arrays and per-call buffers keep threads apart."""
+    dec = proxy.decoder
+    params = [SamplingParams(12), SamplingParams(12, temperature=1.5, seed=7)]
+    jobs = [(p, sp) for p in PROMPTS for sp in params] * 4
+
+    def run(job: tuple[str, SamplingParams]) -> tuple[list[int], list[float]]:
+        r = dec.generate(proxy.tokenizer.encode(job[0]), 12, params=job[1])
+        return r.token_ids, r.token_probs
+
+    sequential = [run(j) for j in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(run, jobs)) == sequential
 
 
 def test_threshold_comes_from_settings_or_the_calibration_table(proxy: Proxy) -> None:
