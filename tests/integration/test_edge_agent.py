@@ -284,24 +284,6 @@ def test_rollback_command_returns_to_the_previous_pack(
     assert ask(edge, "rev abc=", route=1).models.edge_pack == original
 
 
-def test_broker_restart_agent_resubscribes_and_applies_the_next_push(
-    edge: EdgeServer, broker: Broker, operator: mqtt.Client
-) -> None:
-    """After a broker restart the agent reconnects (birth again) and the next push applies."""
-    close(operator)
-    broker.restart().wait_ready()
-    op = paho_client(broker, client_id="operator-2")
-    try:
-        status = subscribe(op, c.Topics(FLEET, DEVICE).status)
-        _wait_for(status, lambda m: json.loads(m.payload)["state"] == "online", timeout=40)
-        inbox = reported(op)
-        push(op, {"version": 60, "routing": {"threshold": 0.0}}, device=True)
-        ack = _wait_for(inbox, lambda m: json.loads(m.payload)["version"] == 60, timeout=20)
-        assert json.loads(ack.payload)["status"] == 200
-    finally:
-        close(op)
-
-
 def test_killed_edge_is_lost_and_restarts_with_saved_settings_while_the_broker_is_down(
     edge: EdgeServer, broker: Broker, cloud: CloudServer, quick_pack: Path, workdir: Path
 ) -> None:
