@@ -194,11 +194,20 @@ def test_telemetry_reports_routes_escalation_and_latency(
         ask(edge, p)
     for p in HELD_OUT[:2]:
         ask(edge, p, route=2)  # ROUTE_PREFERENCE_CLOUD_ONLY
-    msg = _wait_for(telemetry, lambda m: sum(json.loads(m.payload)["requests"].values()) > 0)
-    t = c.Telemetry.model_validate_json(msg.payload)
-    assert sum(t.requests.values()) == 4 and t.latency_ms["p50"] > 0
-    assert t.providers == ["CPUExecutionProvider"] and t.pack.startswith("quick/")
-    assert t.requests == {"edge": 2, "cloud": 2} and t.escalation_share == 0.5
+    # The four answers may straddle two 1 s windows: add the windows up until all are counted.
+    windows: list[c.Telemetry] = []
+    counted: dict[str, int] = {}
+    while sum(counted.values()) < 4:
+        msg = _wait_for(telemetry, lambda m: sum(json.loads(m.payload)["requests"].values()) > 0)
+        windows.append(c.Telemetry.model_validate_json(msg.payload))
+        for name, n in windows[-1].requests.items():
+            counted[name] = counted.get(name, 0) + n
+    assert counted == {"edge": 2, "cloud": 2}
+    assert all(t.latency_ms["p50"] > 0 for t in windows)
+    assert all(t.providers == ["CPUExecutionProvider"] for t in windows)
+    assert all(t.pack.startswith("quick/") for t in windows)
+    if len(windows) == 1:
+        assert windows[0].escalation_share == 0.5
 
 
 def test_mosquitto_cli_tools_interoperate_with_the_agent(edge: EdgeServer, broker: Broker) -> None:
