@@ -88,11 +88,7 @@ def ensure_pack(args: argparse.Namespace) -> Path:
 
     if not latest.exists():
         say("building the demo pack: full model and distilled proxy (about 7 min on 2 cores) ...")
-    t0 = time.monotonic()
-    pack = build_pack(RECIPES["demo"], args.packs_dir)
-    if time.monotonic() - t0 > 5:
-        say(f"built {pack} in {time.monotonic() - t0:.0f} s")
-    return pack
+    return build_pack(RECIPES["demo"], args.packs_dir)  # logs "built ... in N s" or "reusing"
 
 
 def wait_online(broker: str, fleet: str, devices: tuple[str, ...], timeout: float = 30.0) -> None:
