@@ -235,7 +235,8 @@ def write_outputs(
         title=f"{report['pack']} ({prefix}), +{report['wan']['rtt_ms']:g} ms RTT",
         prefix=prefix,
     )
-    report["plots"] = [str(p) for p in plots] if isinstance(plots, list) else plots
+    written = [str(p) for p in plots] if isinstance(plots, list) else []
+    report["plots"] = written or plots  # the paths, or why there are none
     path = out / f"{prefix}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     records = out / f"{prefix}-requests.jsonl"
@@ -243,7 +244,7 @@ def write_outputs(
         for phase, outcomes in phases.items():
             for rec in wl.as_records(outcomes):
                 f.write(json.dumps({"phase": phase, **rec}) + "\n")
-    return [str(path), str(records), *(report["plots"] if isinstance(plots, list) else [])]
+    return [str(path), str(records), *written]
 
 
 def _ms(value: float | None) -> str:
