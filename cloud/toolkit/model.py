@@ -32,6 +32,18 @@ class GPTConfig:
         return asdict(self)
 
 
+def attention_bias(attention_mask: torch.Tensor, new: int, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention bias [B, 1, T, S] of ``new`` (T) queries over S = past + T keys:
+    0 where a query may look (causal, and the key is a real token), the dtype's minimum elsewhere.
+    """
+    S = attention_mask.shape[1]
+    # Query i sits at cache index past_len + i and may see keys 0..past_len + i that are real.
+    q_idx = torch.arange(new, device=attention_mask.device).unsqueeze(1) + (S - new)  # [T, 1]
+    k_idx = torch.arange(S, device=attention_mask.device).unsqueeze(0)  # [1, S]
+    allowed = (k_idx <= q_idx).unsqueeze(0) & attention_mask.bool().unsqueeze(1)  # [B, T, S]
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype).unsqueeze(1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -140,18 +152,10 @@ class GPT(nn.Module):
         past: list[KV] | None = None,  # per layer, [B, nh, past_len, hd]
     ) -> tuple[torch.Tensor, list[KV]]:
         T = input_ids.shape[1]
-        S = attention_mask.shape[1]
-        past_len = S - T
-        assert past is None or past[0][0].shape[2] == past_len, (
+        assert past is None or past[0][0].shape[2] == attention_mask.shape[1] - T, (
             "attention_mask must cover past + new"
         )
-        # Query i sits at cache index past_len + i and may see keys 0..past_len + i that are real.
-        q_idx = torch.arange(T, device=input_ids.device).unsqueeze(1) + past_len  # [T, 1]
-        k_idx = torch.arange(S, device=input_ids.device).unsqueeze(0)  # [1, S]
-        allowed = (k_idx <= q_idx).unsqueeze(0) & attention_mask.bool().unsqueeze(1)  # [B, T, S]
-        neg = torch.finfo(self.wte.weight.dtype).min
-        bias = torch.where(allowed, 0.0, neg).to(self.wte.weight.dtype).unsqueeze(1)  # [B,1,T,S]
-
+        bias = attention_bias(attention_mask, T, self.wte.weight.dtype)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # [B, T, C]
         presents: list[KV] = []
         for i, block in enumerate(self.h):
