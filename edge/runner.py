@@ -243,10 +243,11 @@ def _pick(
 ) -> tuple[int, float]:
     """The next token and its confidence: the probability the proxy's own (untempered)
     distribution gives it, so that a calibrated threshold means the same under sampling."""
+    if params.temperature == 0:  # greedy: the largest logit; its softmax needs only the sum
+        x = logits.astype(np.float64)
+        tok = int(x.argmax())
+        return tok, float(1.0 / np.exp(x - x[tok]).sum())  # = softmax(x)[tok], as exp(0) = 1
     p = _softmax(logits)
-    if params.temperature == 0:
-        tok = int(p.argmax())
-        return tok, float(p[tok])
     dist = _softmax(logits.astype(np.float64) / params.temperature)
     if params.top_p < 1.0:
         order = np.argsort(-dist, kind="stable")
