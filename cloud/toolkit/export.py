@@ -26,8 +26,8 @@ from shared.pack import DecoderIO
 
 class _LeanDecoder(nn.Module):
     """The model's forward rewritten for a short ONNX graph: same weights, same outputs (to float
-    rounding), and about half the kernels per call, which is what a small proxy's decode step
-    costs on a CPU (each kernel launch costs about as much as the arithmetic of a 36-wide layer).
+    rounding), about half the kernels per call. For a proxy this small the kernel count is what
+    a decode step costs on a CPU: each kernel's fixed cost is about that of its arithmetic.
 
     - Rotary embedding without slicing and re-interleaving: rotating the interleaved pairs
       (2i, 2i + 1) of each head is ``t * cos + (t @ R) * sin`` with a fixed signed permutation
