@@ -31,7 +31,8 @@ class EngineStopped(RuntimeError):
     """The engine is draining or stopped and takes no new requests (maps to UNAVAILABLE)."""
 
 
-_Stream = tuple[asyncio.AbstractEventLoop, "asyncio.Queue[TokenEvent | EngineFailed]"]
+_Events = asyncio.Queue[TokenEvent | EngineFailed]
+_Stream = tuple[asyncio.AbstractEventLoop, _Events]
 
 
 class AsyncEngine:
@@ -54,11 +55,9 @@ class AsyncEngine:
     def start(self) -> None:
         self._thread.start()
 
-    async def submit(
-        self, request_id: str, prompt: str | list[int], **kw: Any
-    ) -> AsyncIterator[TokenEvent]:
-        """Queue a request and yield its events until the final one (InvalidRequest/QueueFull
-        are raised here); leaving the iteration early aborts the request."""
+    def check_admission(self) -> None:
+        """Raise EngineStopped (draining) or QueueFull (every running slot and waiting place is
+        taken) when a new request would be refused; cheap, for the event loop's thread."""
         if not self._accepting:
             raise EngineStopped("engine is draining")
         if self._in_flight >= self._capacity:
@@ -66,6 +65,13 @@ class AsyncEngine:
                 f"{self._in_flight} requests in flight fill {self.core.scheduler.max_running} "
                 f"running slots and {self.core.scheduler.max_waiting} waiting places"
             )
+
+    async def submit(
+        self, request_id: str, prompt: str | list[int], **kw: Any
+    ) -> AsyncIterator[TokenEvent]:
+        """Queue a request and yield its events until the final one (InvalidRequest/QueueFull
+        are raised here); leaving the iteration early aborts the request."""
+        self.check_admission()
         self._in_flight += 1
         try:
             loop = asyncio.get_running_loop()
@@ -128,8 +134,7 @@ class AsyncEngine:
                     log.exception("engine step failed; failing %d requests", len(self._streams))
                     self._fail_all()
                     continue
-                for event in events:
-                    self._deliver(event)
+                self._deliver(events)
             if drain is not None and not self.core.has_work():
                 drain[1].set_result(None)
                 return
@@ -154,11 +159,22 @@ class AsyncEngine:
             loop.call_soon_threadsafe(events.put_nowait, failure)
         self._streams.clear()
 
-    def _deliver(self, event: TokenEvent) -> None:
-        stream = self._streams.get(event.request_id)
-        if stream is None:
-            return
-        if event.finished:
-            del self._streams[event.request_id]
-        loop, events = stream
-        loop.call_soon_threadsafe(events.put_nowait, event)
+    def _deliver(self, events: list[TokenEvent]) -> None:
+        """Hand a step's events to their requests' queues: one wake-up of each event loop per
+        step (not one per event), so the loop's thread is interrupted as little as possible."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[_Events, TokenEvent]]] = {}
+        for event in events:
+            stream = self._streams.get(event.request_id)
+            if stream is None:
+                continue
+            if event.finished:
+                del self._streams[event.request_id]
+            loop, queue_ = stream
+            batches.setdefault(loop, []).append((queue_, event))
+        for loop, batch in batches.items():
+            loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _put_all(batch: list[tuple[_Events, TokenEvent]]) -> None:
+    for queue_, event in batch:
+        queue_.put_nowait(event)

@@ -101,6 +101,10 @@ class ServiceMetrics(MetricsBase):
         self.draft_tokens.inc(max(0, draft_tokens))
         self.draft_accepted.inc(max(0, draft_accepted))
 
+    def refused(self, status: str) -> None:
+        """A request turned away before it started (counted by status, nothing else)."""
+        self.requests.labels(status=status).inc()
+
     def token_emitted(self, inter_token_s: float) -> None:
         self.inter_token_seconds.observe(inter_token_s)
 

@@ -16,6 +16,7 @@ import pytest
 from cloud_server import AUTH, ROOT, make_certs, write_tokens
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prom import metric
 
 from shared.process import CloudServer, free_port
 from shared.rpc import inference_pb2 as pb
@@ -215,6 +216,33 @@ def test_queue_overflow_is_resource_exhausted(start: Callable[..., CloudServer])
     codes = _codes(_flood(small, 12))
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_full_engine_refuses_both_calls_at_once_and_counts_them(
+    start: Callable[..., CloudServer],
+) -> None:
+    """With the one running slot and the one waiting place taken, Generate and GenerateStream
+    are refused with RESOURCE_EXHAUSTED naming the limits, counted on /metrics; once the two
+    long requests finish, the next call is served."""
+    port = free_port()
+    full = start(
+        "--metrics-port", str(port), env={**SERIAL, "AUTOGLM_CLOUD_ENGINE__MAX_WAITING": "1"}
+    )
+    ahead = _flood(full, 2)
+    deadline = time.monotonic() + T
+    while metric(port, "autoglm_cloud_in_flight") < 2:
+        assert time.monotonic() < deadline, "the two long requests were not admitted"
+        time.sleep(0.01)
+    with full.channel() as ch:
+        stub = inference_pb2_grpc.InferenceStub(ch)
+        for call in (stub.Generate, lambda *a, **kw: list(stub.GenerateStream(*a, **kw))):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(req(PROMPTS[0], request_id="over"), timeout=T, metadata=AUTH)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "1 running slots and 1 waiting places (request over)" in refused.value.details()
+    assert metric(port, "autoglm_cloud_requests_total", status="resource_exhausted") == 2
+    assert _codes(ahead) == [grpc.StatusCode.OK] * 2
+    assert generate(full, req(PROMPTS[0])).token_ids
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
@@ -28,7 +27,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import Broker, Inbox, close, paho_client, publish, subscribe
 from hybrid import ask, edge_config, prompts, route
-from prometheus_client.parser import text_string_to_metric_families
+from prom import metric
 
 from edge.cloud_client import MAX_RECONNECT_BACKOFF_MS
 from shared import control as c
@@ -241,21 +240,6 @@ def wait_until(what: str, timeout: float, check: Callable[[], T | None], every: 
         if time.monotonic() > end:
             raise AssertionError(f"{what}: not within {timeout:.1f} s")
         time.sleep(every)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def metric(port: int, name: str, **labels: str) -> float:
-    """The sum of the samples ``name{labels...}`` on the edge's /metrics page (0 when absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
-        text = page.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and labels.items() <= sample.labels.items():
-                total += sample.value
-    return total
 
 
 # --------------------------------------------------------------------------- processes

@@ -15,6 +15,7 @@ from cloud.engine import (
     InvalidRequest,
     SamplingParams,
 )
+from cloud.engine.loop import _put_all
 from cloud.toolkit.generate import greedy
 from cloud.toolkit.model import GPT, GPTConfig
 from shared.settings.cloud import EngineSettings
@@ -100,3 +101,40 @@ def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(model: G
 
     assert asyncio.run(main()) == greedy(model, TOK, ["hi"], 4)[0].token_ids
     assert core.cache.free_slots == 4
+
+
+def test_a_step_wakes_the_event_loop_once_for_all_its_requests(model: GPT) -> None:
+    """Events of one step reach every request through a single call_soon_threadsafe."""
+    core = EngineCore(model, TOK, EngineSettings(max_batch_size=4))
+    steps = {"n": 0}
+    real_step = core.step
+
+    def counted_step() -> list:
+        steps["n"] += 1
+        return real_step()
+
+    core.step = counted_step  # type: ignore[method-assign]
+
+    async def main() -> tuple[list[list[int]], int]:
+        loop = asyncio.get_running_loop()
+        wakeups = {"n": 0}
+        real_call = loop.call_soon_threadsafe
+
+        def counted_call(*args: object, **kw: object) -> asyncio.Handle:
+            wakeups["n"] += args[0] is _put_all  # token deliveries, not admission replies
+            return real_call(*args, **kw)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counted_call  # type: ignore[method-assign]
+        engine = AsyncEngine(core)
+        engine.start()
+        outs = await asyncio.gather(
+            *(collect(engine, f"r{i}", "hi" * (i + 1), 5) for i in range(4))
+        )
+        await engine.drain(1.0)
+        return outs, wakeups["n"]
+
+    outs, wakeups = asyncio.run(main())
+    assert outs == [
+        g.token_ids for g in greedy(model, TOK, ["hi" * (i + 1) for i in range(4)], 5, 1)
+    ]
+    assert 0 < wakeups <= steps["n"]
