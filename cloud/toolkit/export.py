@@ -12,6 +12,7 @@ The first step passes a zero-length past.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -148,6 +149,14 @@ def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of the MatMul weights only (activations stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8
-    )
+    # The quantiser logs a line per tensor (and advice for static quantisation) on the *root*
+    # logger; the build's own log would drown in it, so the root logger shows errors only here.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(
+            str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8
+        )
+    finally:
+        root.setLevel(level)
