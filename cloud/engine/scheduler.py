@@ -68,9 +68,15 @@ class Scheduler:
         return bool(self._waiting or self.running)
 
     def add(self, req: Request, now: float | None = None) -> None:
-        """Queue ``req``; raises :class:`QueueFull` when ``max_waiting`` requests already wait."""
-        if len(self._waiting) >= self.max_waiting:
-            raise QueueFull(f"{len(self._waiting)} requests already waiting (max_waiting)")
+        """Queue ``req``; raises :class:`QueueFull` when ``max_waiting`` requests already wait
+        beyond the free running slots (a request that takes a free slot at the next step is
+        not waiting for room, so ``max_waiting = 0`` still serves up to ``max_running``)."""
+        free_slots = self.max_running - len(self.running)
+        if len(self._waiting) >= self.max_waiting + free_slots:
+            raise QueueFull(
+                f"{len(self._waiting)} requests already waiting for {free_slots} free running "
+                f"slots and {self.max_waiting} waiting places (max_waiting)"
+            )
         req.status = RequestStatus.WAITING
         req.queued_at = time.monotonic() if now is None else now
         heapq.heappush(self._waiting, (-req.priority, req.arrival, next(self._counter), req))

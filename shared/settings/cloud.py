@@ -42,7 +42,8 @@ class EngineSettings(Section):
         default=64,
         ge=0,
         le=100_000,
-        description="Most requests queued; beyond it calls fail with RESOURCE_EXHAUSTED.",
+        description="Most requests queued behind a full batch; beyond it calls fail with "
+        "RESOURCE_EXHAUSTED.",
     )
     max_prompt_tokens: int = Field(
         default=0,

@@ -36,13 +36,17 @@ def model() -> GPT:
 
 @pytest.mark.parametrize("max_waiting", [0, 1, 3])
 def test_queue_overflow_raises_queue_full_at_once(max_waiting: int) -> None:
-    """Adding beyond max_waiting raises QueueFull without waiting."""
+    """Adding beyond the free running slots plus max_waiting raises QueueFull without waiting;
+    with a full batch only max_waiting may wait."""
     sched = Scheduler(max_batch_size=2, max_waiting=max_waiting)
-    for i in range(max_waiting):
+    for i in range(2 + max_waiting):  # two take the free slots at the next step
         sched.add(req(f"r{i}"))
     with pytest.raises(QueueFull):
         sched.add(req("over"))
-    assert sched.num_waiting == max_waiting
+    sched.schedule(time.monotonic())
+    assert len(sched.running) == 2 and sched.num_waiting == max_waiting
+    with pytest.raises(QueueFull):
+        sched.add(req("still over"))
 
 
 def test_waiting_request_past_deadline_finishes_without_running(model: GPT) -> None:
