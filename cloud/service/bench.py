@@ -23,6 +23,7 @@ from shared.process import CloudServer
 from shared.rpc import inference_pb2, inference_pb2_grpc
 
 _TOKEN = "bench-overload-token"
+FLOODS = 5  # bursts per run; each is followed by a burst of health checks of the same size
 
 
 def _rss_mb(pid: int) -> float:
@@ -82,11 +83,18 @@ def bench_overload(pack: Path, max_waiting: int, factor: int, max_batch: int) ->
         server = CloudServer(pack, Path(tmp), args=["--tokens-file", str(tokens)], env=env)
         try:
             server.wait_serving()
+            # One flood to warm up (first-call costs of gRPC and the engine), not counted.
+            asyncio.run(_flood(server.address, factor * max_waiting, 16))
             rss_before = _rss_mb(server.proc.pid)
-            results, health = [], []
-            for _ in range(3):  # three floods: memory must not grow from one to the next
-                results += asyncio.run(_flood(server.address, factor * max_waiting, 16))
-                health += asyncio.run(_flood_health(server.address, factor * max_waiting))
+            results, health, ratios = [], [], []
+            for _ in range(FLOODS):  # memory must not grow from one flood to the next
+                flood = asyncio.run(_flood(server.address, factor * max_waiting, 16))
+                floor = asyncio.run(_flood_health(server.address, factor * max_waiting))
+                refused = [t for code, t in flood if code == "RESOURCE_EXHAUSTED"]
+                if refused:  # this flood's p99 against its own floor, measured right after it
+                    ratios.append(float(np.percentile(refused, 99) / np.percentile(floor, 99)))
+                results += flood
+                health += floor
             rss_after = _rss_mb(server.proc.pid)
         finally:
             server.stop()
@@ -107,6 +115,8 @@ def bench_overload(pack: Path, max_waiting: int, factor: int, max_batch: int) ->
         "ok_p50_ms": 1000 * float(np.percentile(ok, 50)) if ok else None,
         "health_burst_p50_ms": 1000 * float(np.percentile(health, 50)),
         "health_burst_p99_ms": 1000 * float(np.percentile(health, 99)),
+        "floods": FLOODS,
+        "exhausted_to_health_p99_median": float(np.median(ratios)) if ratios else None,
         "rss_before_mb": rss_before,
         "rss_after_mb": rss_after,
     }

@@ -208,7 +208,7 @@ def _run_overload(args: argparse.Namespace) -> None:
     r = bench_overload(args.pack, args.queue_bound, args.factor, args.max_batch)
     print(
         f"server on {r['pack']}: queue bound {r['queue_bound']}, max batch {r['max_batch_size']};"
-        f" 3 floods of {args.factor}x the bound at once"
+        f" {r['floods']} floods of {args.factor}x the bound at once"
     )
     print(
         f"  {r['requests']} requests: {r['ok']} answered, {r['resource_exhausted']} "
@@ -223,6 +223,9 @@ def _run_overload(args: argparse.Namespace) -> None:
         f"  the same bursts of health checks (the floor): p50 {r['health_burst_p50_ms']:.1f} ms, "
         f"p99 {r['health_burst_p99_ms']:.1f} ms"
     )
+    if r["exhausted_to_health_p99_median"] is not None:
+        ratio = r["exhausted_to_health_p99_median"]
+        print(f"  refusal p99 / health p99, median over the floods: {ratio:.2f}x")
     rss = f"{r['rss_before_mb']:.0f} MB before, {r['rss_after_mb']:.0f} MB after"
     print(f"  server memory (RSS): {rss}")
     _write(args, "overload", r)
