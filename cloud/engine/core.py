@@ -152,10 +152,9 @@ class EngineCore:
         for rows, run in ((sched.prefill, self._prefill), (sched.decode, self._decode)):
             if not rows:
                 continue
-            logits = run(rows)
+            picks = self._pick(rows, run(rows))
             now = time.monotonic()
-            for req, row_logits in zip(rows, logits, strict=True):
-                tokens, probs = self._sample(req, row_logits)
+            for req, (tokens, probs) in zip(rows, picks, strict=True):
                 events.append(self._update(req, tokens, probs, now))
                 if req.is_finished:
                     self._release(req)
@@ -167,9 +166,9 @@ class EngineCore:
             self.cache.release(req.slot)
             req.slot = None
 
-    def _prefill(self, rows: list[Request]) -> list[torch.Tensor]:
+    def _prefill(self, rows: list[Request]) -> torch.Tensor:
         """Prompt (+ draft) of new requests as one left-padded batch; each takes a cache slot.
-        Returns per row the logits of its last ``len(draft) + 1`` positions."""
+        Returns the logits ``[B, T, V]``: every row ends at the last column."""
         new_ids = [r.prompt_ids + r.draft_ids for r in rows]
         B, T = len(rows), max(len(n) for n in new_ids)
         ids = torch.full((B, T), self.tokenizer.pad_id, dtype=torch.long)
@@ -180,15 +179,13 @@ class EngineCore:
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         dev = self.device
         out, presents = self.model(ids.to(dev), mask.to(dev), pos.to(dev))  # [B, T, V]
-        logits = []
         for i, (req, new) in enumerate(zip(rows, new_ids, strict=True)):
             req.slot = self.cache.acquire()
             self.cache.write_prefix(req.slot, presents, i, slice(T - len(new), T))
             req.cache_len = len(new)
-            logits.append(out[i, T - len(req.draft_ids) - 1 :])
-        return logits
+        return out
 
-    def _decode(self, rows: list[Request]) -> list[torch.Tensor]:
+    def _decode(self, rows: list[Request]) -> torch.Tensor:
         """One new token per running request; the past is read from and written to the slots."""
         dev, B = self.device, len(rows)
         lens = torch.tensor([r.cache_len for r in rows])
@@ -203,30 +200,53 @@ class EngineCore:
         self.cache.write_column(slots, lens.to(dev), presents, P)
         for r in rows:
             r.cache_len += 1
-        return [out[i, -1:] for i in range(B)]
+        return out  # [B, 1, V]
+
+    def _pick(self, rows: list[Request], out: torch.Tensor) -> list[tuple[list[int], list[float]]]:
+        """Next token(s) and their probabilities for every row of a forward's logits ``out``
+        ``[B, T, V]``. The greedy rows are decided together: one softmax, one max and one copy
+        to Python for the whole batch (per row, those calls cost more than the arithmetic)."""
+        last = out[:, -1].float()  # [B, V]: each row's next-token logits
+        picks: list[tuple[list[int], list[float]]] = [([], [])] * len(rows)
+        greedy = [i for i, r in enumerate(rows) if r.params.temperature == 0 and not r.draft_ids]
+        if greedy:
+            rows_logits = last if len(greedy) == len(rows) else last[greedy]
+            p, t = F.softmax(rows_logits, dim=-1).max(dim=-1)
+            for i, tok, prob in zip(greedy, t.tolist(), p.tolist(), strict=True):
+                picks[i] = ([tok], [prob])
+        for i, req in enumerate(rows):
+            if req.draft_ids:  # greedy: drafts of sampled requests are dropped at admission
+                picks[i] = self._verify_draft(req, out[i, -len(req.draft_ids) - 1 :])
+            elif req.params.temperature > 0:
+                picks[i] = self._sample(req, last[i])
+        return picks
+
+    @staticmethod
+    def _verify_draft(req: Request, logits: torch.Tensor) -> tuple[list[int], list[float]]:
+        """First step of a request with a draft: logits ``[len(draft) + 1, V]`` after the prompt
+        and after each draft prefix; keep the longest prefix the argmax agrees with, plus the
+        argmax after it."""
+        p, t = F.softmax(logits.float(), dim=-1).max(dim=-1)
+        toks, probs = t.tolist(), p.tolist()
+        k = 0
+        while k < len(req.draft_ids) and req.draft_ids[k] == toks[k]:
+            k += 1
+        req.draft_accepted = k
+        req.draft_ids = []
+        req.cache_len = len(req.prompt_ids) + k  # forget the rejected draft tokens
+        return toks[: k + 1], probs[: k + 1]
 
     def _sample(self, req: Request, logits: torch.Tensor) -> tuple[list[int], list[float]]:
-        """Next token(s) of ``req`` from logits ``[m, V]`` (m > 1 only to verify a draft)."""
+        """A token drawn from ``softmax(logits [V] / temperature)``, within top-p, with the
+        request's own generator (seeded: reproducible whatever else is in the batch)."""
         params = req.params
-        if params.temperature == 0:
-            p, t = F.softmax(logits.float(), dim=-1).max(dim=-1)  # [m], [m]
-            toks, probs = t.tolist(), p.tolist()
-            if req.draft_ids:  # first step of a request with a draft: verify it
-                k = 0
-                while k < len(req.draft_ids) and req.draft_ids[k] == toks[k]:
-                    k += 1
-                req.draft_accepted = k
-                req.draft_ids = []
-                req.cache_len = len(req.prompt_ids) + k  # forget the rejected draft tokens
-                return toks[: k + 1], probs[: k + 1]
-            return toks[-1:], probs[-1:]
         if req.generator is None:
             req.generator = torch.Generator(device=self.device)
             if params.seed is None:
                 req.generator.seed()
             else:
                 req.generator.manual_seed(params.seed)
-        dist = F.softmax(logits[-1].float() / params.temperature, dim=-1)  # [V]
+        dist = F.softmax(logits / params.temperature, dim=-1)  # [V]
         if params.top_p < 1.0:
             sorted_p, order = dist.sort(descending=True)
             outside = sorted_p.cumsum(0) - sorted_p >= params.top_p  # mass before it covers top_p

@@ -130,6 +130,23 @@ def test_draft_is_ignored_when_sampling(model: GPT) -> None:
     assert req.is_finished and req.num_generated >= 1  # a sampled EOS may end it early
 
 
+def test_greedy_rows_mixed_with_sampled_rows_give_offline_greedy(
+    model: GPT, reference: dict[str, list[int]]
+) -> None:
+    """Greedy rows are decided together even when sampled rows share their step."""
+    core = make_core(model, max_batch_size=8)
+    greedy_reqs = {}
+    for i, prompt in enumerate(PROMPTS[:6]):
+        if i % 2:
+            core.add_request(f"s{i}", prompt, SamplingParams(MAX_NEW, temperature=1.0, seed=i))
+        else:
+            greedy_reqs[prompt] = core.add_request(f"g{i}", prompt, SamplingParams(MAX_NEW))
+    run_all(core)
+    assert {p: r.output_ids for p, r in greedy_reqs.items()} == {
+        p: reference[p] for p in greedy_reqs
+    }
+
+
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
 def test_seeded_sampling_is_reproducible_and_seed_dependent(model: GPT, top_p: float) -> None:
     """The same seed gives the same tokens, even batched with others; another seed differs."""
