@@ -45,12 +45,13 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         cli_args: Sequence[str] = (),  # before the subcommand, e.g. ("--log-format", "json")
         channel_factory: ChannelFactory = grpc.insecure_channel,
+        launcher: Sequence[str] = ("-m", "shared.cli"),  # what python runs: the CLI module
     ) -> None:
         self.address = address or f"127.0.0.1:{free_port()}"
         name = command[0] + "-" + self.address.rsplit(":", 1)[-1].replace("/", "_")
         self.log_path = workdir / f"{name}.log"
         self._channel_factory = channel_factory
-        self.command = [sys.executable, "-m", "shared.cli", *cli_args, *command]
+        self.command = [sys.executable, *launcher, *cli_args, *command]
         self._env = {**os.environ, **(env or {})}
         self.proc = self._spawn()
 

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared.process import CloudServer
 from shared.rpc import inference_pb2, inference_pb2_grpc
 
-_TOKEN = "bench-overload-token"
+TOKEN = "bench-overload-token"
 FLOODS = 5  # bursts per run; each is followed by a burst of health checks of the same size
 
 
@@ -33,9 +33,9 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def _flood(address: str, n: int, max_new: int) -> list[tuple[str, float]]:
+async def flood(address: str, n: int, max_new: int) -> list[tuple[str, float]]:
     """Send ``n`` requests at once; (status code name, seconds to the answer) for each."""
-    auth = (("authorization", f"Bearer {_TOKEN}"),)
+    auth = (("authorization", f"Bearer {TOKEN}"),)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         await channel.channel_ready()
@@ -57,7 +57,7 @@ async def _flood(address: str, n: int, max_new: int) -> list[tuple[str, float]]:
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def _flood_health(address: str, n: int) -> list[float]:
+async def flood_health(address: str, n: int) -> list[float]:
     """The same burst of the cheapest call there is (a health check): the floor that gRPC and
     Python put under any answer on this machine."""
     async with grpc.aio.insecure_channel(address) as channel:
@@ -75,7 +75,7 @@ async def _flood_health(address: str, n: int) -> list[float]:
 def bench_overload(pack: Path, max_waiting: int, factor: int, max_batch: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="autoglm-bench-") as tmp:
         tokens = Path(tmp) / "tokens"
-        tokens.write_text(_TOKEN + "\n")
+        tokens.write_text(TOKEN + "\n")
         env = {
             "AUTOGLM_CLOUD_ENGINE__MAX_WAITING": str(max_waiting),
             "AUTOGLM_CLOUD_ENGINE__MAX_BATCH_SIZE": str(max_batch),
@@ -84,16 +84,16 @@ def bench_overload(pack: Path, max_waiting: int, factor: int, max_batch: int) ->
         try:
             server.wait_serving()
             # One flood to warm up (first-call costs of gRPC and the engine), not counted.
-            asyncio.run(_flood(server.address, factor * max_waiting, 16))
+            asyncio.run(flood(server.address, factor * max_waiting, 16))
             rss_before = _rss_mb(server.proc.pid)
             results, health, ratios = [], [], []
             for _ in range(FLOODS):  # memory must not grow from one flood to the next
-                flood = asyncio.run(_flood(server.address, factor * max_waiting, 16))
-                floor = asyncio.run(_flood_health(server.address, factor * max_waiting))
-                refused = [t for code, t in flood if code == "RESOURCE_EXHAUSTED"]
+                answers = asyncio.run(flood(server.address, factor * max_waiting, 16))
+                floor = asyncio.run(flood_health(server.address, factor * max_waiting))
+                refused = [t for code, t in answers if code == "RESOURCE_EXHAUSTED"]
                 if refused:  # this flood's p99 against its own floor, measured right after it
                     ratios.append(float(np.percentile(refused, 99) / np.percentile(floor, 99)))
-                results += flood
+                results += answers
                 health += floor
             rss_after = _rss_mb(server.proc.pid)
         finally:

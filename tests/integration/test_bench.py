@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,27 @@ def test_bench_edge_reports_daemon_overhead_kv_cache_and_int8(
     assert q["prompts"] == 3 and q["int8_speedup"] > 0
     assert 0 <= q["token_agreement"] <= 1 and 0 <= q["answer_agreement"] <= 1
     assert "KV cache" in capsys.readouterr().out
+
+
+def test_overload_floor_script_times_refusals_with_the_engine_out_of_the_picture(
+    quick_pack: Path, tmp_path: Path
+) -> None:
+    """scripts/overload_floor.py (quoted in docs/benchmarks.md): its server refuses every
+    Generate call (the script checks each code), and every row has one p99 per round."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "overload_floor.py"
+    out = tmp_path / "floor.json"
+    argv = ["--pack", str(quick_pack), "--burst", "8", "--rounds", "1", "--out", str(out)]
+    run = subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(out.read_text())
+    rows = {k: v for k, v in result.items() if isinstance(v, dict)}
+    clients = ["h2load", "python"] if shutil.which("h2load") else ["python"]
+    assert sorted(rows) == sorted(
+        f"{c} {call} core {state}"
+        for c in clients
+        for call in ("health", "refusal")
+        for state in ("idle", "busy")
+    )
+    assert all(len(r["p99_ms"]) == 1 and r["p99_ms_median"] > 0 for r in rows.values())
