@@ -7,7 +7,7 @@ queue), so the engine never runs. It then times bursts of ``--burst`` calls sent
 
 - health checks (the cheapest call there is) and refused Generate calls;
 - from two clients: h2load (nghttp2's C load generator, when installed: ``apt-get install
-  nghttp2-client``; almost no CPU of its own) and the Python asyncio client of the benchmark;
+  nghttp2-client``; almost no CPU of its own) and the Python client of the benchmark;
 - with the second core idle, and with a CPU-bound process on it (what an engine in its own
   process, busy decoding, would take from the server).
 
@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import statistics
@@ -78,8 +77,8 @@ def h2load_p99(address: str, path: str, body: Path, n: int) -> float:
 
 def python_p99(address: str, call: str, n: int) -> float:
     if call == "health":
-        return 1000 * float(np.percentile(asyncio.run(flood_health(address, n)), 99))
-    results = asyncio.run(flood(address, n, 16))
+        return 1000 * float(np.percentile(flood_health(address, n), 99))
+    results = flood(address, n, 16)
     codes = {code for code, _ in results}
     if codes != {"RESOURCE_EXHAUSTED"}:
         raise RuntimeError(f"expected every call refused, got {codes}")

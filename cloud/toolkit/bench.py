@@ -217,7 +217,9 @@ def _run_overload(args: argparse.Namespace) -> None:
     if r["exhausted_p99_ms"] is not None:
         print(
             f"  time to RESOURCE_EXHAUSTED: p50 {r['exhausted_p50_ms']:.1f} ms, "
-            f"p99 {r['exhausted_p99_ms']:.1f} ms"
+            f"p99 {r['exhausted_p99_ms']:.1f} ms; per flood p99 "
+            + " ".join(f"{v:.0f}" for v in r["exhausted_p99_per_flood_ms"])
+            + f" ms (median {r['exhausted_p99_per_flood_median_ms']:.1f})"
         )
     print(
         f"  the same bursts of health checks (the floor): p50 {r['health_burst_p50_ms']:.1f} ms, "

@@ -77,6 +77,8 @@ def test_bench_overload_refuses_what_does_not_fit(
     r = json.loads((tmp_path / "overload.json").read_text())
     assert r["requests"] == r["floods"] * 10 and r["other_errors"] == []
     assert r["exhausted_to_health_p99_median"] > 0
+    assert len(r["exhausted_p99_per_flood_ms"]) == r["floods"]
+    assert r["exhausted_p99_per_flood_median_ms"] > 0
     assert r["ok"] >= 3 and r["resource_exhausted"] >= 1
     assert r["ok"] + r["resource_exhausted"] == r["requests"]
     assert "RESOURCE_EXHAUSTED" in capsys.readouterr().out
