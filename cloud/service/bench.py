@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,54 +88,97 @@ def flood_health(address: str, n: int) -> list[float]:
         return [t for _, t in burst(stub.Check, requests, timeout=60)]
 
 
-def bench_overload(pack: Path, max_waiting: int, factor: int, max_batch: int) -> dict[str, Any]:
+@dataclass
+class _Tally:
+    """What the floods sent to one server gave."""
+
+    results: list[tuple[str, float]] = field(default_factory=list)  # (status, seconds)
+    health: list[float] = field(default_factory=list)
+    burst_p99_ms: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)  # each burst's p99 / its health p99
+
+    def add(self, answers: list[tuple[str, float]], floor: list[float]) -> None:
+        refused = [t for code, t in answers if code == "RESOURCE_EXHAUSTED"]
+        if refused:  # this flood's p99 against its own floor, measured right after it
+            self.burst_p99_ms.append(1000 * float(np.percentile(refused, 99)))
+            self.ratios.append(self.burst_p99_ms[-1] / (1000 * float(np.percentile(floor, 99))))
+        self.results += answers
+        self.health += floor
+
+    def summary(self) -> dict[str, Any]:
+        exhausted = [t for code, t in self.results if code == "RESOURCE_EXHAUSTED"]
+        ok = [t for code, t in self.results if code == "OK"]
+
+        def ms(xs: list[float], q: float) -> float | None:
+            return 1000 * float(np.percentile(xs, q)) if xs else None
+
+        per_flood = self.burst_p99_ms
+        return {
+            "requests": len(self.results),
+            "ok": len(ok),
+            "resource_exhausted": len(exhausted),
+            "other_errors": sorted({c for c, _ in self.results} - {"OK", "RESOURCE_EXHAUSTED"}),
+            "exhausted_p50_ms": ms(exhausted, 50),
+            "exhausted_p99_ms": ms(exhausted, 99),
+            "exhausted_p99_per_flood_ms": per_flood,
+            "exhausted_p99_per_flood_median_ms": float(np.median(per_flood)) if per_flood else None,
+            "ok_p50_ms": ms(ok, 50),
+            "health_burst_p50_ms": ms(self.health, 50),
+            "health_burst_p99_ms": ms(self.health, 99),
+            "exhausted_to_health_p99_median": float(np.median(self.ratios))
+            if self.ratios
+            else None,
+        }
+
+
+def bench_overload(
+    pack: Path, max_waiting: int, factor: int, max_batch: int, nice_levels: list[int]
+) -> dict[str, Any]:
+    """One server per ``engine.nice`` level, all started at once; each flood round sends a burst
+    to every server in turn (the order rotating), so machine noise hits every level alike."""
+    n = factor * max_waiting
     with tempfile.TemporaryDirectory(prefix="autoglm-bench-") as tmp:
         tokens = Path(tmp) / "tokens"
         tokens.write_text(TOKEN + "\n")
-        env = {
-            "AUTOGLM_CLOUD_ENGINE__MAX_WAITING": str(max_waiting),
-            "AUTOGLM_CLOUD_ENGINE__MAX_BATCH_SIZE": str(max_batch),
-        }
-        server = CloudServer(pack, Path(tmp), args=["--tokens-file", str(tokens)], env=env)
+        servers = {}
+        for nice in nice_levels:
+            env = {
+                "AUTOGLM_CLOUD_ENGINE__MAX_WAITING": str(max_waiting),
+                "AUTOGLM_CLOUD_ENGINE__MAX_BATCH_SIZE": str(max_batch),
+                "AUTOGLM_CLOUD_ENGINE__NICE": str(nice),
+            }
+            args = ["--tokens-file", str(tokens)]
+            servers[nice] = CloudServer(pack, Path(tmp), args=args, env=env)
         try:
-            server.wait_serving()
-            # One flood to warm up (first-call costs of gRPC and the engine), not counted.
-            flood(server.address, factor * max_waiting, 16)
-            rss_before = _rss_mb(server.proc.pid)
-            results, health, ratios, burst_p99 = [], [], [], []
-            for _ in range(FLOODS):  # memory must not grow from one flood to the next
-                answers = flood(server.address, factor * max_waiting, 16)
-                floor = flood_health(server.address, factor * max_waiting)
-                refused = [t for code, t in answers if code == "RESOURCE_EXHAUSTED"]
-                if refused:  # this flood's p99 against its own floor, measured right after it
-                    burst_p99.append(1000 * float(np.percentile(refused, 99)))
-                    ratios.append(burst_p99[-1] / (1000 * float(np.percentile(floor, 99))))
-                results += answers
-                health += floor
-            rss_after = _rss_mb(server.proc.pid)
+            for server in servers.values():
+                server.wait_serving()
+                # One flood to warm up (first-call costs of gRPC and the engine), not counted.
+                flood(server.address, n, 16)
+            rss_before = {nice: _rss_mb(server.proc.pid) for nice, server in servers.items()}
+            tallies = {nice: _Tally() for nice in nice_levels}
+            for i in range(FLOODS):  # memory must not grow from one flood to the next
+                k = i % len(nice_levels)
+                for nice in nice_levels[k:] + nice_levels[:k]:
+                    address = servers[nice].address
+                    tallies[nice].add(flood(address, n, 16), flood_health(address, n))
+            rss_after = {nice: _rss_mb(server.proc.pid) for nice, server in servers.items()}
         finally:
-            server.stop()
-    exhausted = [t for code, t in results if code == "RESOURCE_EXHAUSTED"]
-    ok = [t for code, t in results if code == "OK"]
-    other = sorted({code for code, _ in results} - {"OK", "RESOURCE_EXHAUSTED"})
+            for server in servers.values():
+                server.stop()
+    runs = [
+        {
+            "engine_nice": nice,
+            **tallies[nice].summary(),
+            "rss_before_mb": rss_before[nice],
+            "rss_after_mb": rss_after[nice],
+        }
+        for nice in nice_levels
+    ]
     return {
         "bench": "overload",
         "pack": str(pack),
         "queue_bound": max_waiting,
         "max_batch_size": max_batch,
-        "requests": len(results),
-        "ok": len(ok),
-        "resource_exhausted": len(exhausted),
-        "other_errors": other,
-        "exhausted_p50_ms": 1000 * float(np.percentile(exhausted, 50)) if exhausted else None,
-        "exhausted_p99_ms": 1000 * float(np.percentile(exhausted, 99)) if exhausted else None,
-        "ok_p50_ms": 1000 * float(np.percentile(ok, 50)) if ok else None,
-        "health_burst_p50_ms": 1000 * float(np.percentile(health, 50)),
-        "health_burst_p99_ms": 1000 * float(np.percentile(health, 99)),
         "floods": FLOODS,
-        "exhausted_p99_per_flood_ms": burst_p99,
-        "exhausted_p99_per_flood_median_ms": float(np.median(burst_p99)) if burst_p99 else None,
-        "exhausted_to_health_p99_median": float(np.median(ratios)) if ratios else None,
-        "rss_before_mb": rss_before,
-        "rss_after_mb": rss_after,
+        "runs": runs,
     }

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.settings.cloud import EngineSettings
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -58,6 +60,11 @@ def register(parser: argparse.ArgumentParser) -> None:
             b.add_argument("--queue-bound", type=int, default=16, help="overload: max_waiting")
             b.add_argument("--factor", type=int, default=10, help="overload: requests per bound")
             b.add_argument("--max-batch", type=int, default=4, help="overload: max_batch_size")
+            b.add_argument(
+                "--nice",
+                default=str(EngineSettings().nice),
+                help="overload: engine.nice levels to compare side by side, e.g. 0,10",
+            )
         if name in ("edge", "all"):
             b.add_argument(
                 "--requests", type=int, default=50, help="edge: requests per variant and round"
@@ -205,31 +212,35 @@ def _run_cloud(args: argparse.Namespace) -> None:
 def _run_overload(args: argparse.Namespace) -> None:
     from cloud.service.bench import bench_overload
 
-    r = bench_overload(args.pack, args.queue_bound, args.factor, args.max_batch)
+    levels = [int(v) for v in args.nice.split(",")]
+    r = bench_overload(args.pack, args.queue_bound, args.factor, args.max_batch, levels)
     print(
         f"server on {r['pack']}: queue bound {r['queue_bound']}, max batch {r['max_batch_size']};"
         f" {r['floods']} floods of {args.factor}x the bound at once"
+        + ("; one server per engine.nice level, floods alternating" if len(levels) > 1 else "")
     )
-    print(
-        f"  {r['requests']} requests: {r['ok']} answered, {r['resource_exhausted']} "
-        f"RESOURCE_EXHAUSTED, other errors: {r['other_errors'] or 'none'}"
-    )
-    if r["exhausted_p99_ms"] is not None:
+    for run in r["runs"]:
         print(
-            f"  time to RESOURCE_EXHAUSTED: p50 {r['exhausted_p50_ms']:.1f} ms, "
-            f"p99 {r['exhausted_p99_ms']:.1f} ms; per flood p99 "
-            + " ".join(f"{v:.0f}" for v in r["exhausted_p99_per_flood_ms"])
-            + f" ms (median {r['exhausted_p99_per_flood_median_ms']:.1f})"
+            f"engine.nice {run['engine_nice']}: {run['requests']} requests: {run['ok']} answered, "
+            f"{run['resource_exhausted']} RESOURCE_EXHAUSTED, "
+            f"other errors: {run['other_errors'] or 'none'}"
         )
-    print(
-        f"  the same bursts of health checks (the floor): p50 {r['health_burst_p50_ms']:.1f} ms, "
-        f"p99 {r['health_burst_p99_ms']:.1f} ms"
-    )
-    if r["exhausted_to_health_p99_median"] is not None:
-        ratio = r["exhausted_to_health_p99_median"]
-        print(f"  refusal p99 / health p99, median over the floods: {ratio:.2f}x")
-    rss = f"{r['rss_before_mb']:.0f} MB before, {r['rss_after_mb']:.0f} MB after"
-    print(f"  server memory (RSS): {rss}")
+        if run["exhausted_p99_ms"] is not None:
+            per_flood = " ".join(f"{v:.0f}" for v in run["exhausted_p99_per_flood_ms"])
+            print(
+                f"  time to RESOURCE_EXHAUSTED: p50 {run['exhausted_p50_ms']:.1f} ms, "
+                f"p99 {run['exhausted_p99_ms']:.1f} ms; per flood p99 {per_flood} ms "
+                f"(median {run['exhausted_p99_per_flood_median_ms']:.1f})"
+            )
+        print(
+            f"  the same bursts of health checks (the floor): "
+            f"p50 {run['health_burst_p50_ms']:.1f} ms, p99 {run['health_burst_p99_ms']:.1f} ms"
+        )
+        if run["exhausted_to_health_p99_median"] is not None:
+            ratio = run["exhausted_to_health_p99_median"]
+            print(f"  refusal p99 / health p99, median over the floods: {ratio:.2f}x")
+        rss = f"{run['rss_before_mb']:.0f} MB before, {run['rss_after_mb']:.0f} MB after"
+        print(f"  server memory (RSS): {rss}")
     _write(args, "overload", r)
 
 

@@ -10,6 +10,7 @@ token, generated per run and handed to the edges in a file, as in production.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,7 +60,13 @@ class Stack:
         if self.fleet is not None:
             self.broker = Broker(self.workdir / "broker").start().wait_ready()
             self.say(f"broker    mosquitto on {self.broker.address}")
-        self.cloud = CloudServer(self.pack, self.workdir, args=["--tokens-file", str(tokens)])
+        # The cloud shares this machine with the edge daemons: its engine must not yield the
+        # CPU to them (engine.nice 0; with the default 10, escalated answers of the hybrid
+        # benchmark took 24% longer at p50, docs/benchmarks.md).
+        nice = {"AUTOGLM_CLOUD_ENGINE__NICE": os.environ.get("AUTOGLM_CLOUD_ENGINE__NICE", "0")}
+        self.cloud = CloudServer(
+            self.pack, self.workdir, args=["--tokens-file", str(tokens)], env=nice
+        )
         self.wan = DelayProxy(
             self.cloud.address, rtt_ms=self.rtt_ms, jitter_ms=self.jitter_ms
         ).start()

@@ -67,6 +67,14 @@ class EngineSettings(Section):
         default=True,
         description="Continuous batching; off = one request at a time (baseline for benchmarks).",
     )
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Nice increment of the engine thread (Linux): on busy CPUs the server's "
+        "event loop (admissions, refusals, health checks) runs before the next step. It yields "
+        "to other processes too: 0 on a machine shared with edge daemons or other work.",
+    )
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> Self:

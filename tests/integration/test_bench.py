@@ -54,34 +54,25 @@ def test_bench_cloud_compares_batching_and_counts_draft_savings(
     assert "batching speed-up" in capsys.readouterr().out
 
 
-def test_bench_overload_refuses_what_does_not_fit(
+def test_bench_overload_refuses_what_does_not_fit_at_each_nice_level(
     quick_pack: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Flooding a real server with 5x its queue bound: the overflow gets RESOURCE_EXHAUSTED,
-    nothing gets another error."""
-    argv = [
-        "bench",
-        "overload",
-        "--pack",
-        str(quick_pack),
-        "--queue-bound",
-        "2",
-        "--factor",
-        "5",
-        "--max-batch",
-        "1",
-        "--out",
-        str(tmp_path),
-    ]
+    """Flooding two real servers (engine.nice 0 and 10) with 5x their queue bound: the overflow
+    gets RESOURCE_EXHAUSTED, nothing gets another error, each level has its own row."""
+    argv = ["bench", "overload", "--pack", str(quick_pack), "--queue-bound", "2"]
+    argv += ["--factor", "5", "--max-batch", "1", "--nice", "0,10", "--out", str(tmp_path)]
     assert main(argv) == 0
     r = json.loads((tmp_path / "overload.json").read_text())
-    assert r["requests"] == r["floods"] * 10 and r["other_errors"] == []
-    assert r["exhausted_to_health_p99_median"] > 0
-    assert len(r["exhausted_p99_per_flood_ms"]) == r["floods"]
-    assert r["exhausted_p99_per_flood_median_ms"] > 0
-    assert r["ok"] >= 3 and r["resource_exhausted"] >= 1
-    assert r["ok"] + r["resource_exhausted"] == r["requests"]
-    assert "RESOURCE_EXHAUSTED" in capsys.readouterr().out
+    assert [run["engine_nice"] for run in r["runs"]] == [0, 10]
+    for run in r["runs"]:
+        assert run["requests"] == r["floods"] * 10 and run["other_errors"] == []
+        assert run["exhausted_to_health_p99_median"] > 0
+        assert len(run["exhausted_p99_per_flood_ms"]) == r["floods"]
+        assert run["exhausted_p99_per_flood_median_ms"] > 0
+        assert run["ok"] >= 3 and run["resource_exhausted"] >= 1
+        assert run["ok"] + run["resource_exhausted"] == run["requests"]
+    out = capsys.readouterr().out
+    assert "engine.nice 0:" in out and "engine.nice 10:" in out and "RESOURCE_EXHAUSTED" in out
 
 
 def test_bench_edge_reports_daemon_overhead_kv_cache_and_int8(

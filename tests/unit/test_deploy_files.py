@@ -470,6 +470,26 @@ def _commented_blocks() -> list[Any]:
     return [pytest.param(b, id="+".join(k)) for b, k in zip(blocks, keys, strict=True)]
 
 
+@pytest.mark.parametrize("name", ["cloud", "edge-a", "edge-b"])
+def test_compose_environment_sets_real_settings(
+    name: str, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every AUTOGLM_* variable a compose service sets names a setting, which takes its value."""
+    cls: type[CloudSettings | EdgeSettings] = CloudSettings if name == "cloud" else EdgeSettings
+    env = {k: str(v) for k, v in (SERVICES[name].get("environment") or {}).items()}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(cls)
+    for key, value in env.items():
+        path = key.removeprefix(cls.env_name()).lower().split("__")
+        assert cls.env_name(*path) == key, f"{key}: not under {cls.env_name()}"
+        field: Any = settings
+        for part in path:
+            assert hasattr(field, part), f"{key}: no setting {'.'.join(path)}"
+            field = getattr(field, part)
+        assert str(field) == value or str(field).lower() == value.lower(), key
+
+
 @pytest.mark.parametrize("block", _commented_blocks())
 def test_example_edge_config_commented_keys_are_real_settings(
     block: list[int], tmp_path: Path, clean_env: None

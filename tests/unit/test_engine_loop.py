@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,3 +142,29 @@ def test_a_step_wakes_the_event_loop_once_for_all_its_requests(model: GPT) -> No
         g.token_ids for g in greedy(model, TOK, ["hi" * (i + 1) for i in range(4)], 5, 1)
     ]
     assert 0 < wakeups <= steps["n"]
+
+
+def _nice_of(tid: int) -> int:
+    return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice is Linux behaviour")
+@pytest.mark.parametrize("increment", [0, 7])
+def test_the_engine_thread_alone_runs_at_the_configured_lower_priority(
+    model: GPT, increment: int
+) -> None:
+    """engine.nice lowers the engine thread's priority by that much, and nothing else's."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def main() -> int:
+        engine = AsyncEngine(EngineCore(model, TOK, EngineSettings(nice=increment)))
+        engine.start()
+        await collect(engine, "r", "hi", 2)  # the thread has set its priority by now
+        tid = engine._thread.native_id
+        assert tid is not None
+        nice = _nice_of(tid)
+        await engine.drain(grace_s=1.0)
+        return nice
+
+    assert asyncio.run(main()) == min(19, base + increment)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
