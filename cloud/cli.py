@@ -34,7 +34,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from cloud.service.auth import AuthConfigError
-    from cloud.service.server import ServeError, serve
+    from cloud.service.server import EngineDied, ServeError, serve
     from shared.pack import PackError
     from shared.settings.base import SettingsError, load_settings
     from shared.settings.cloud import CloudSettings
@@ -54,6 +54,9 @@ def _serve(args: argparse.Namespace) -> int:
     except (SettingsError, PackError, AuthConfigError, ServeError) as exc:
         print(f"autoglm cloud serve: {exc}", file=sys.stderr)
         return 2
+    except EngineDied as exc:  # a supervisor (systemd, Kubernetes, compose) restarts it
+        print(f"autoglm cloud serve: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         return 130
     return 0

@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -40,8 +40,12 @@ _Stream = tuple[asyncio.AbstractEventLoop, _Events]
 class AsyncEngine:
     """The engine loop in a thread; ``submit`` streams a request's events to async callers."""
 
-    def __init__(self, core: EngineCore) -> None:
+    def __init__(self, core: EngineCore, on_death: Callable[[], object] | None = None) -> None:
+        """``on_death`` is called (from the engine thread) if that thread stops on an error
+        that no request explains: the server then stops instead of hanging its callers."""
         self.core = core
+        self._on_death = on_death
+        self.died = False
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}  # engine thread only
         self._accepting = True
@@ -61,7 +65,9 @@ class AsyncEngine:
         """Raise EngineStopped (draining) or QueueFull (every running slot and waiting place is
         taken) when a new request would be refused; cheap, for the event loop's thread."""
         if not self._accepting:
-            raise EngineStopped("engine is draining")
+            raise EngineStopped(
+                "the engine stopped after an internal error" if self.died else "engine is draining"
+            )
         if self._in_flight >= self._capacity:
             raise QueueFull(
                 f"{self._in_flight} requests in flight fill {self.core.scheduler.max_running} "
@@ -80,9 +86,9 @@ class AsyncEngine:
             events: asyncio.Queue[TokenEvent | EngineFailed] = asyncio.Queue()
             admitted: Future[None] = Future()
             self._inbox.put(("add", request_id, prompt, kw, (loop, events), admitted))
-            await asyncio.wrap_future(admitted)
             finished = False
             try:
+                await asyncio.wrap_future(admitted)  # a cancel here cancels ``admitted`` too
                 while not finished:
                     event = await events.get()
                     if isinstance(event, EngineFailed):
@@ -91,7 +97,7 @@ class AsyncEngine:
                     finished = event.finished
                     yield event
             finally:
-                if not finished:
+                if not finished and _may_be_queued(admitted):
                     self.abort(request_id)
         finally:
             self._in_flight -= 1
@@ -111,6 +117,17 @@ class AsyncEngine:
 
     def _run(self) -> None:
         lower_thread_priority(self.core.settings.nice)
+        try:
+            self._loop()
+        except BaseException:  # a bug outside a step: fail loudly rather than hang every caller
+            self._accepting = False
+            self.died = True
+            log.critical("the engine thread stopped on an unexpected error", exc_info=True)
+            self._fail_all()
+            if self._on_death is not None:
+                self._on_death()
+
+    def _loop(self) -> None:
         drain: tuple[float, Future[None]] | None = None
         while not self._stop.is_set():
             idle = not self.core.has_work()
@@ -147,6 +164,8 @@ class AsyncEngine:
             self.core.abort(cmd[1])
             return
         _, request_id, prompt, kw, stream, admitted = cmd
+        if not admitted.set_running_or_notify_cancel():
+            return  # the caller went away (a deadline, a cancel) before the engine got here
         try:
             self.core.add_request(request_id, prompt, **kw)
         except Exception as exc:  # InvalidRequest, QueueFull: raised in the caller's task
@@ -176,6 +195,14 @@ class AsyncEngine:
             batches.setdefault(loop, []).append((queue_, event))
         for loop, batch in batches.items():
             loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _may_be_queued(admitted: Future[None]) -> bool:
+    """Whether the engine may hold the request of ``admitted`` (so leaving must abort it): not
+    when the caller's cancel reached it first, nor when admission raised."""
+    if admitted.cancelled():
+        return False
+    return not admitted.done() or admitted.exception() is None
 
 
 def lower_thread_priority(increment: int) -> None:

@@ -79,12 +79,26 @@ def _bind(server: grpc.aio.Server, listen: str, tls: ServerTLSSettings) -> str:
     return address
 
 
+class EngineDied(RuntimeError):
+    """The engine thread stopped on an unexpected error; the process should be restarted."""
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
 async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the cloud service until SIGTERM/SIGINT, then drain and stop.
 
     Raises AuthConfigError (auth not set up), PackError (pack missing or corrupt) or ServeError
-    (address not usable) before anything listens. ``on_ready`` gets the bound address once the
-    server accepts calls.
+    (address not usable) before anything listens, and EngineDied if the engine thread stops on
+    an error while serving (health turns NOT_SERVING first). ``on_ready`` gets the bound
+    address once the server accepts calls.
     """
     auth = BearerAuthInterceptor.from_settings(settings.tokens_file, settings.auth_disabled)
     pack_dir = Path(settings.pack).resolve()
@@ -97,8 +111,11 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
 
     metrics = ServiceMetrics()
     observer = metrics_observer(metrics)
+    loop = asyncio.get_running_loop()
+    died = asyncio.Event()  # the engine thread stopped on an error: stop serving, exit non-zero
     engine = AsyncEngine(
-        EngineCore(model, tokenizer, settings.engine, device=device, observer=observer)
+        EngineCore(model, tokenizer, settings.engine, device=device, observer=observer),
+        on_death=lambda: loop.call_soon_threadsafe(died.set),
     )
     limit = settings.max_message_bytes
     server = grpc.aio.server(
@@ -133,7 +150,10 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
         if on_ready is not None:
             on_ready(address)
         with stop_on_signals(stop):
-            await stop.wait()
+            await _first_of(stop, died)
+        if died.is_set():
+            await health_servicer.enter_graceful_shutdown()
+            raise EngineDied("the engine thread stopped on an error (logged above); not serving")
         log.info("shutting down: draining for up to %.1f s", settings.drain_grace_s)
         await health_servicer.enter_graceful_shutdown()
         await engine.drain(settings.drain_grace_s)

@@ -358,3 +358,23 @@ def test_unusable_settings_exit_2_with_a_clear_message(
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_server_whose_engine_thread_dies_stops_with_exit_code_1(
+    quick_pack: Path, tmp_path: Path
+) -> None:
+    """A bug that stops the engine thread does not leave a server that accepts calls and never
+    answers them: it stops serving and exits 1, for its supervisor to restart it."""
+    launcher = (str(Path(__file__).with_name("faulty_cloud.py")),)
+    server = CloudServer(quick_pack, tmp_path, args=["--auth-disabled"], launcher=launcher)
+    try:
+        server.wait_serving()
+        generate(server, req("rev abc=", request_id="before"))  # serves as usual until then
+        with pytest.raises(grpc.RpcError):
+            generate(server, req("rev abc=", request_id="engine-bug"))
+        assert server.proc.wait(timeout=30) == 1
+    finally:
+        server.stop()
+    log = server.log()
+    assert "the engine thread stopped on an unexpected error" in log
+    assert "fault injected into the engine loop" in log

@@ -168,3 +168,54 @@ def test_the_engine_thread_alone_runs_at_the_configured_lower_priority(
 
     assert asyncio.run(main()) == min(19, base + increment)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
+def test_a_caller_cancelled_before_admission_neither_runs_nor_stops_the_engine(model: GPT) -> None:
+    """A call cancelled while its request still waits in the engine's inbox (a client deadline
+    at the wrong moment) is dropped, and the engine thread serves the next request."""
+
+    async def main() -> list[int]:
+        engine = AsyncEngine(EngineCore(model, TOK, EngineSettings()))
+        stream = engine.submit("gone", "hi", params=SamplingParams(4))
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.01)  # the request is in the inbox; the engine has not started
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        engine.start()
+        ids = await asyncio.wait_for(collect(engine, "next", "hi", 4), timeout=10)
+        assert not engine.core.has_work()
+        await engine.drain(grace_s=1.0)
+        return ids
+
+    assert asyncio.run(main()) == greedy(model, TOK, ["hi"], 4, 1)[0].token_ids
+
+
+def test_an_engine_thread_that_dies_fails_its_requests_refuses_new_ones_and_says_so(
+    model: GPT,
+) -> None:
+    """An error outside a step (a bug) stops the engine thread: its running requests fail,
+    new ones are refused with the reason, and ``on_death`` tells the server."""
+    core = EngineCore(model, TOK, EngineSettings(max_batch_size=4))
+    real_deliver = AsyncEngine._deliver
+
+    def broken_deliver(self: AsyncEngine, events: list) -> None:
+        if any(e.request_id == "fatal" for e in events):
+            raise RuntimeError("simulated bug in the engine loop")
+        real_deliver(self, events)
+
+    async def main() -> None:
+        died = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        engine = AsyncEngine(core, on_death=lambda: loop.call_soon_threadsafe(died.set))
+        engine._deliver = broken_deliver.__get__(engine)  # type: ignore[method-assign]
+        engine.start()
+        assert await collect(engine, "before", "hi", 2)
+        with pytest.raises(EngineFailed):
+            await asyncio.wait_for(collect(engine, "fatal", "hi", 8), timeout=10)
+        await asyncio.wait_for(died.wait(), timeout=10)
+        assert engine.died
+        with pytest.raises(EngineStopped, match="internal error"):
+            await collect(engine, "after", "hi", 2)
+
+    asyncio.run(main())

@@ -1,0 +1,27 @@
+"""``autoglm ARGS`` with a fault injected into the cloud's engine thread, for the tests.
+
+The request whose id is ``engine-bug`` makes the engine loop raise outside a step, a stand-in
+for a bug there (a step's own errors are caught and fail only that step's requests).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from cloud.engine.loop import AsyncEngine
+from shared.cli import main
+
+_apply = AsyncEngine._apply
+
+
+def _faulty_apply(self: AsyncEngine, cmd: tuple[Any, ...]) -> None:
+    if cmd[0] == "add" and cmd[1] == "engine-bug":
+        raise RuntimeError("fault injected into the engine loop")
+    _apply(self, cmd)
+
+
+AsyncEngine._apply = _faulty_apply  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
