@@ -138,6 +138,7 @@ class AsyncEngine:
             while cmd is not None:
                 if cmd[0] == "drain":
                     drain = (cmd[1], cmd[2])
+                    cmd[2].set_running_or_notify_cancel()  # a cancelled drain still drains
                 else:
                     self._apply(cmd)
                 try:
@@ -156,7 +157,8 @@ class AsyncEngine:
                     continue
                 self._deliver(events)
             if drain is not None and not self.core.has_work():
-                drain[1].set_result(None)
+                if not drain[1].cancelled():
+                    drain[1].set_result(None)
                 return
 
     def _apply(self, cmd: tuple[Any, ...]) -> None:

@@ -219,3 +219,24 @@ def test_an_engine_thread_that_dies_fails_its_requests_refuses_new_ones_and_says
             await collect(engine, "after", "hi", 2)
 
     asyncio.run(main())
+
+
+def test_a_cancelled_drain_still_drains_without_an_engine_error(model: GPT) -> None:
+    """Cancelling ``drain`` (a second Ctrl-C) leaves the engine to finish and stop cleanly."""
+
+    async def main() -> AsyncEngine:
+        engine = AsyncEngine(EngineCore(model, TOK, EngineSettings()))
+        engine.start()
+        running = asyncio.ensure_future(collect(engine, "r", "hello", 32))
+        await asyncio.sleep(0.01)
+        drain = asyncio.ensure_future(engine.drain(grace_s=5.0))
+        await asyncio.sleep(0)
+        drain.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drain
+        await asyncio.wait_for(running, timeout=10)
+        await asyncio.to_thread(engine._thread.join, 10)
+        return engine
+
+    engine = asyncio.run(main())
+    assert not engine._thread.is_alive() and not engine.died
