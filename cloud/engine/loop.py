@@ -220,6 +220,9 @@ def lower_thread_priority(increment: int) -> None:
     if sys.platform != "linux":
         log.info("engine.nice is applied on Linux only; the engine thread keeps its priority")
         return
+    if len(os.sched_getaffinity(0)) < 2:  # the loop would take the only CPU from the engine
+        log.info("engine.nice not applied: one CPU, which the engine must not yield to the loop")
+        return
     tid = threading.get_native_id()
     try:
         nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment)

@@ -71,9 +71,10 @@ class EngineSettings(Section):
         default=10,
         ge=0,
         le=19,
-        description="Nice increment of the engine thread (Linux): on busy CPUs the server's "
-        "event loop (admissions, refusals, health checks) runs before the next step. It yields "
-        "to other processes too: 0 on a machine shared with edge daemons or other work.",
+        description="Nice increment of the engine thread (Linux, 2 or more CPUs): on busy CPUs "
+        "the server's event loop (admissions, refusals, health checks) runs before the next "
+        "step. It yields to other processes too: 0 on a machine shared with edge daemons or "
+        "other work.",
     )
 
     @model_validator(mode="after")

@@ -240,3 +240,24 @@ def test_a_cancelled_drain_still_drains_without_an_engine_error(model: GPT) -> N
 
     engine = asyncio.run(main())
     assert not engine._thread.is_alive() and not engine.died
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice is Linux behaviour")
+def test_engine_nice_is_not_applied_with_a_single_cpu(
+    model: GPT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one CPU the event loop under a flood of refusals would starve a lower-priority engine
+    (its admitted requests would never finish), so the engine keeps the loop's priority."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def main() -> int:
+        engine = AsyncEngine(EngineCore(model, TOK, EngineSettings(nice=10)))
+        engine.start()
+        await collect(engine, "r", "hi", 2)
+        assert engine._thread.native_id is not None
+        nice = _nice_of(engine._thread.native_id)
+        await engine.drain(grace_s=1.0)
+        return nice
+
+    assert asyncio.run(main()) == base
