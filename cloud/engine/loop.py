@@ -4,6 +4,11 @@ Handlers put commands on a thread-safe inbox; the engine thread applies them bet
 steps while there is work, and hands each :class:`TokenEvent` to the request's asyncio queue with
 ``loop.call_soon_threadsafe``. Lifecycle: ``start()`` -> serving -> ``drain(grace_s)`` (refuse
 new requests, let running ones finish, abort what is left after the grace) -> stopped.
+
+The engine thread runs ``engine.nice`` steps below the event loop's CPU priority, so that on busy
+CPUs the loop admits and refuses calls before the next step. An error inside a step fails that
+step's requests; an error anywhere else in the thread stops it, fails every request, refuses new
+ones, and calls ``on_death`` so that the server stops instead of hanging its callers.
 """
 
 from __future__ import annotations
@@ -116,16 +121,18 @@ class AsyncEngine:
         await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
-        lower_thread_priority(self.core.settings.nice)
         try:
+            lower_thread_priority(self.core.settings.nice)
             self._loop()
         except BaseException:  # a bug outside a step: fail loudly rather than hang every caller
             self._accepting = False
             self.died = True
             log.critical("the engine thread stopped on an unexpected error", exc_info=True)
-            self._fail_all()
-            if self._on_death is not None:
-                self._on_death()
+            try:
+                self._fail_all()
+            finally:
+                if self._on_death is not None:
+                    self._on_death()
 
     def _loop(self) -> None:
         drain: tuple[float, Future[None]] | None = None
