@@ -62,7 +62,8 @@ def register(parser: argparse.ArgumentParser) -> None:
             b.add_argument("--max-batch", type=int, default=4, help="overload: max_batch_size")
             b.add_argument(
                 "--nice",
-                default=str(EngineSettings().nice),
+                type=_nice_levels,
+                default=[EngineSettings().nice],
                 help="overload: engine.nice levels to compare side by side, e.g. 0,10",
             )
         if name in ("edge", "all"):
@@ -75,6 +76,17 @@ def register(parser: argparse.ArgumentParser) -> None:
             b.add_argument(
                 "--per-cell", type=int, default=10, help="cloud: prompts per family/tier"
             )
+
+
+def _nice_levels(text: str) -> list[int]:
+    """``--nice 0,10``: distinct engine.nice levels, each in [0, 19]."""
+    try:
+        levels = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers, e.g. 0,10") from None
+    if any(not 0 <= v <= 19 for v in levels) or len(set(levels)) != len(levels):
+        raise argparse.ArgumentTypeError(f"{text!r}: distinct levels between 0 and 19")
+    return levels
 
 
 def add_hybrid_options(b: argparse.ArgumentParser) -> None:
@@ -212,7 +224,7 @@ def _run_cloud(args: argparse.Namespace) -> None:
 def _run_overload(args: argparse.Namespace) -> None:
     from cloud.service.bench import bench_overload
 
-    levels = [int(v) for v in args.nice.split(",")]
+    levels = args.nice
     r = bench_overload(args.pack, args.queue_bound, args.factor, args.max_batch, levels)
     print(
         f"server on {r['pack']}: queue bound {r['queue_bound']}, max batch {r['max_batch_size']};"

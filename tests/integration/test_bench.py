@@ -121,3 +121,13 @@ def test_overload_floor_script_times_refusals_with_the_engine_out_of_the_picture
         for state in ("idle", "busy")
     )
     assert all(len(r["p99_ms"]) == 1 and r["p99_ms_median"] > 0 for r in rows.values())
+
+
+@pytest.mark.parametrize("bad", ["0,x", "0,20", "10,10", "-1"])
+def test_bench_overload_refuses_bad_nice_levels_with_a_reason(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "overload", "--nice", bad])
+    assert exc.value.code == 2
+    assert "argument --nice" in capsys.readouterr().err
