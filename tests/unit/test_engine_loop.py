@@ -144,8 +144,20 @@ def test_a_step_wakes_the_event_loop_once_for_all_its_requests(model: GPT) -> No
     assert 0 < wakeups <= steps["n"]
 
 
-def _nice_of(tid: int) -> int:
-    return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+def engine_thread_nice(model: GPT, nice: int) -> int:
+    """The nice value the engine thread runs at with ``engine.nice = nice`` (from /proc)."""
+
+    async def main() -> int:
+        engine = AsyncEngine(EngineCore(model, TOK, EngineSettings(nice=nice)))
+        engine.start()
+        await collect(engine, "r", "hi", 2)  # the thread has set its priority by now
+        tid = engine._thread.native_id
+        assert tid is not None
+        stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        await engine.drain(grace_s=1.0)
+        return int(stat.rsplit(")", 1)[1].split()[16])
+
+    return asyncio.run(main())
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice is Linux behaviour")
@@ -155,18 +167,7 @@ def test_the_engine_thread_alone_runs_at_the_configured_lower_priority(
 ) -> None:
     """engine.nice lowers the engine thread's priority by that much, and nothing else's."""
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    async def main() -> int:
-        engine = AsyncEngine(EngineCore(model, TOK, EngineSettings(nice=increment)))
-        engine.start()
-        await collect(engine, "r", "hi", 2)  # the thread has set its priority by now
-        tid = engine._thread.native_id
-        assert tid is not None
-        nice = _nice_of(tid)
-        await engine.drain(grace_s=1.0)
-        return nice
-
-    assert asyncio.run(main()) == min(19, base + increment)
+    assert engine_thread_nice(model, increment) == min(19, base + increment)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
 
 
@@ -250,14 +251,4 @@ def test_engine_nice_is_not_applied_with_a_single_cpu(
     (its admitted requests would never finish), so the engine keeps the loop's priority."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    async def main() -> int:
-        engine = AsyncEngine(EngineCore(model, TOK, EngineSettings(nice=10)))
-        engine.start()
-        await collect(engine, "r", "hi", 2)
-        assert engine._thread.native_id is not None
-        nice = _nice_of(engine._thread.native_id)
-        await engine.drain(grace_s=1.0)
-        return nice
-
-    assert asyncio.run(main()) == base
+    assert engine_thread_nice(model, 10) == base
