@@ -1,1 +1,4 @@
-"""The cloud side: inference service and the model toolkit (needs torch)."""
+"""The cloud side: the full model, the batching engine, the gRPC service, the operator CLI.
+
+Needs torch, except ``cloud.ctl`` (the operator CLI runs anywhere).
+"""

@@ -35,7 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from cloud.service.auth import AuthConfigError
     from cloud.service.server import EngineDied, ServeError, serve
-    from shared.pack import PackError
+    from shared.pack.manifest import PackError
     from shared.settings.base import SettingsError, load_settings
     from shared.settings.cloud import CloudSettings
 

@@ -23,10 +23,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.cloud_client import CloudError
-from edge.desired import Doc, Scope
+from edge.shadow import Doc, Scope
 from shared import control as c
 from shared.mqtt import Will, build_client, refused_for_good, split_host_port
-from shared.pack import PackError, open_pack
+from shared.pack.manifest import PackError, open_pack
 
 if TYPE_CHECKING:
     from edge.server import EdgeDaemon

@@ -40,7 +40,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from shared.pack import PackError
+    from shared.pack.manifest import PackError
     from shared.serving import ServeError
     from shared.settings.base import SettingsError, load_settings
     from shared.settings.edge import EdgeSettings

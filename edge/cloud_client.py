@@ -21,7 +21,7 @@ from typing import Any, cast
 import grpc
 
 from edge.breaker import CircuitBreaker
-from shared.pack_fetch import fetch_pack
+from shared.pack.fetch import fetch_pack
 from shared.rpc import inference_pb2, inference_pb2_grpc, model_store_pb2_grpc
 from shared.settings.edge import CloudCallSettings, EdgeCloudSettings
 
@@ -150,7 +150,7 @@ class CloudClient:
 
     async def fetch_pack(self, name: str, version: str, dest_root: Path) -> Path:
         """Download a pack over ModelStore from the first target that serves it, verified and
-        moved into ``dest_root/name/version`` (see :func:`shared.pack_fetch.fetch_pack`)."""
+        moved into ``dest_root/name/version`` (see :func:`shared.pack.fetch.fetch_pack`)."""
         problems = []
         for target in self.targets:
             self._stub(target)  # opens the target's channel

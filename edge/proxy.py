@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.runner import OnnxDecoder
-from shared.pack import Manifest, PackError, open_pack
+from shared.pack.manifest import Manifest, PackError, open_pack
 from shared.routing import CalibrationTable
 from shared.settings.edge import OnnxSettings, RoutingSettings
 from shared.tokenizer import ByteTokenizer, TokenizerSpecError, tokenizer_from_spec

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from shared.pack import DecoderIO, Manifest
+from shared.pack.manifest import DecoderIO, Manifest
 from shared.sampling import SamplingParams
 
 log = logging.getLogger(__name__)

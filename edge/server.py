@@ -23,12 +23,12 @@ import grpc
 
 from edge.agent import EdgeAgent
 from edge.cloud_client import CloudClient
-from edge.desired import DesiredState
 from edge.metrics import EdgeMetrics
-from edge.packs import PackHistory
+from edge.pack_history import PackHistory
 from edge.proxy import Proxy, ProxyHolder, load_proxy
-from edge.service import EdgeInference
-from shared.pack import PackError
+from edge.servicer import EdgeInference
+from edge.shadow import DesiredState
+from shared.pack.manifest import PackError
 from shared.rpc import inference_pb2, inference_pb2_grpc
 from shared.serving import add_health_and_reflection, bind, set_serving, stop_on_signals
 from shared.settings.edge import EdgeSettings, RuntimeSettings

@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.pack import FileEntry
+from shared.pack.manifest import FileEntry
 
 PREFIX = "autoglm/v1"
 M = TypeVar("M", bound=BaseModel)

@@ -27,7 +27,7 @@ def pytest_runtest_makereport(
 @pytest.fixture(scope="session")
 def quick_pack() -> Path:
     """The quick pack, built once per recipe (about 2 minutes on 2 cores) and reused."""
-    from cloud.toolkit.build import RECIPES, build_pack
+    from toolkit.build import RECIPES, build_pack
 
     return build_pack(RECIPES["quick"], PACK_CACHE)
 
@@ -38,7 +38,7 @@ PackMaker = Callable[..., Path]
 @pytest.fixture
 def make_pack() -> PackMaker:
     """Writes a small sealed pack: ``make_pack(root, name, version, files, created=...)``."""
-    from shared.pack import FullSpec, Manifest, ProxySpec, RoutingSpec, seal
+    from shared.pack.manifest import FullSpec, Manifest, ProxySpec, RoutingSpec, seal
 
     def _make(
         root: Path, name: str, version: str, files: dict[str, bytes],

@@ -41,7 +41,7 @@ from cloud.engine.request import (
     validate_request,
 )
 from cloud.engine.scheduler import Scheduler, SchedulerOutput
-from cloud.toolkit.model import GPT
+from cloud.model.gpt import GPT
 from shared.sampling import first_stop
 from shared.settings.cloud import EngineSettings
 from shared.tokenizer import Tokenizer

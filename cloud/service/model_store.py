@@ -1,9 +1,9 @@
 """The ModelStore gRPC service: lists the packs of a folder and streams them, verified, in chunks.
 
-Every ``FetchPack`` first verifies the whole pack with :func:`shared.pack.open_pack`, so a pack
-damaged on the server is refused (``FAILED_PRECONDITION``, naming the file) before one byte is
-sent. The files follow one another in chunks; ``manifest.json`` comes last, so a client that
-has it has everything (see :func:`shared.pack_fetch.fetch_pack`).
+Every ``FetchPack`` first verifies the whole pack with :func:`shared.pack.manifest.open_pack`,
+so a pack damaged on the server is refused (``FAILED_PRECONDITION``, naming the file) before
+one byte is sent. The files follow one another in chunks; ``manifest.json`` comes last, so a
+client that has it has everything (see :func:`shared.pack.fetch.fetch_pack`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import grpc
 
-from shared.pack import MANIFEST, Manifest, PackError, check_name, list_packs, open_pack
+from shared.pack.manifest import MANIFEST, Manifest, PackError, check_name, list_packs, open_pack
 from shared.rpc import model_store_pb2, model_store_pb2_grpc
 
 log = logging.getLogger(__name__)

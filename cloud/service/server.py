@@ -18,12 +18,12 @@ import grpc
 import torch
 
 from cloud.engine import AsyncEngine, EngineCore
+from cloud.model import weights
 from cloud.service.auth import BearerAuthInterceptor
-from cloud.service.inference import InferenceServicer, metrics_observer
 from cloud.service.metrics import ServiceMetrics
 from cloud.service.model_store import ModelStoreServicer
-from cloud.toolkit import weights
-from shared.pack import open_pack
+from cloud.service.servicer import InferenceServicer, metrics_observer
+from shared.pack.manifest import open_pack
 from shared.rpc import inference_pb2, inference_pb2_grpc, model_store_pb2, model_store_pb2_grpc
 from shared.serving import (
     ServeError,

@@ -1,6 +1,6 @@
 """Test helpers for the MQTT control plane: a real mosquitto on loopback, and paho-mqtt clients.
 
-``Broker`` is ``shared.mosquitto.Broker`` (a real ``mosquitto -c <generated config>`` on a free
+``Broker`` is ``bench.stack.mosquitto.Broker`` (a real ``mosquitto -c <generated config>`` on a free
 127.0.0.1 port: anonymous by default, or with a password file) with the production ACL
 (``deploy/mosquitto/acl``, the real file, not a copy) by default. ``production_config``
 rewrites ``deploy/mosquitto/mosquitto.conf`` for a test (ports, paths), so the production file
@@ -29,8 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from shared import mosquitto
-from shared.mosquitto import (  # re-exported for the tests
+from bench.stack import mosquitto
+from bench.stack.mosquitto import (  # re-exported for the tests
     WAIT,
     _run_as,
     free_port,
@@ -79,7 +79,7 @@ def production_config(
 
 
 class Broker(mosquitto.Broker):
-    """``shared.mosquitto.Broker`` with the production ACL by default, and the production
+    """``bench.stack.mosquitto.Broker`` with the production ACL by default, and the production
     config (``Broker.production``)."""
 
     def __init__(self, workdir: Path, *, acl_file: Path | None = PRODUCTION_ACL, **kw: Any) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from autoglm.cli import main
 from cloud.engine.loop import AsyncEngine
-from shared.cli import main
 
 _apply = AsyncEngine._apply
 

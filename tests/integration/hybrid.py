@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
-from shared.pack import read_manifest, seal
-from shared.process import EdgeServer
+from bench.stack.processes import EdgeServer
+from shared.pack.manifest import read_manifest, seal
 from shared.rpc import inference_pb2 as pb
 from shared.rpc import inference_pb2_grpc
 
@@ -52,7 +52,7 @@ def edge_config(path: Path, text: str) -> list[str]:
 
 def prompts(family: str, tier: int, n: int, seed: int = 7) -> list[str]:
     """``n`` distinct test-split prompts of one family and tier (the pack never trained on them)."""
-    from cloud.toolkit import tasks
+    from toolkit import tasks
 
     rng = random.Random(seed)
     seen: dict[str, None] = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main
+from autoglm.cli import main
 
 
 def test_bench_train_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,7 +102,7 @@ def test_bench_edge_reports_daemon_overhead_kv_cache_and_int8(
 def test_overload_floor_script_times_refusals_with_the_engine_out_of_the_picture(
     quick_pack: Path, tmp_path: Path
 ) -> None:
-    """scripts/overload_floor.py (quoted in docs/benchmarks.md): its server refuses every
+    """bench/overload_floor.py (quoted in docs/benchmarks.md): its server refuses every
     Generate call (the script checks each code), and every row has one p99 per round."""
     script = Path(__file__).resolve().parents[2] / "scripts" / "overload_floor.py"
     out = tmp_path / "floor.json"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cloud_server import AUTH, write_tokens
 
-from shared.process import CloudServer
+from bench.stack.processes import CloudServer
 from shared.rpc import inference_pb2 as pb
 from shared.rpc import inference_pb2_grpc
 

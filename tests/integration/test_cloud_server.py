@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prom import metric
 
-from shared.process import CloudServer, free_port
+from bench.stack.processes import CloudServer, free_port
 from shared.rpc import inference_pb2 as pb
 from shared.rpc import inference_pb2_grpc
 
@@ -354,7 +354,7 @@ def test_unusable_settings_exit_2_with_a_clear_message(
     quick_pack: Path, args: list[str], message: str
 ) -> None:
     """Bad settings, a missing pack or missing auth: exit code 2 and one reason on stderr."""
-    cmd = [sys.executable, "-m", "shared.cli", "cloud", "serve", "--pack", str(quick_pack), *args]
+    cmd = [sys.executable, "-m", "autoglm.cli", "cloud", "serve", "--pack", str(quick_pack), *args]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr

@@ -22,7 +22,7 @@ from cloud_server import make_certs
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared.cli import main
+from autoglm.cli import main
 from shared.control import (
     CommandReply,
     DesiredConfig,
@@ -35,7 +35,7 @@ from shared.control import (
     dump,
     parse,
 )
-from shared.pack import open_pack
+from shared.pack.manifest import open_pack
 from shared.settings.base import SettingsError
 from shared.settings.edge import RuntimeSettings
 

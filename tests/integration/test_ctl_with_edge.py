@@ -10,8 +10,8 @@ import pytest
 from broker import Broker
 from hybrid import ask, copy_pack_as
 
-from shared.cli import main
-from shared.process import CloudServer, EdgeServer
+from autoglm.cli import main
+from bench.stack.processes import CloudServer, EdgeServer
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,9 @@ import pytest
 from broker import Broker, close, paho_client, publish, response_properties, subscribe, tool
 from hybrid import ask, copy_pack_as, prompts, route
 
+from bench.stack.processes import CloudServer, EdgeServer
 from shared import control as c
-from shared.pack import read_manifest
-from shared.process import CloudServer, EdgeServer
+from shared.pack.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from broker import Broker, close, paho_client, subscribe
 from cloud_server import make_certs
 from hybrid import ask, edge_config, route
 
+from bench.stack.processes import EdgeServer
 from shared import control as c
-from shared.process import EdgeServer
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import pytest
 from cloud_server import write_tokens
 from hybrid import ask, edge_config, prompts, route
 
-from shared.cli import main
-from shared.process import CloudServer, EdgeServer, free_port
+from autoglm.cli import main
+from bench.stack.processes import CloudServer, EdgeServer, free_port
 from shared.rpc import inference_pb2 as pb
 
 pytestmark = pytest.mark.slow

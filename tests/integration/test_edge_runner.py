@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.proxy import Proxy, load_proxy
-from shared.pack import PackError
+from shared.pack.manifest import PackError
 from shared.sampling import SamplingParams, first_stop
 from shared.settings.edge import OnnxSettings, RoutingSettings
 

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from hybrid import ask, copy_pack_as, route
 
-from shared.process import EdgeServer
+from bench.stack.processes import EdgeServer
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,8 @@
 Each drill runs a real edge daemon (``autoglm edge serve``) in front of real clouds, with client
 threads sending a steady mix of prompts (easy ones the proxy answers, held-out ones it escalates)
 while a fault is injected: the cloud killed and restarted, one of two cloud replicas killed, the
-MQTT broker restarted, a latency spike on the WAN (``shared.wan.DelayProxy``). Each asserts that
-no request fails beyond what the fallback policy allows, and that the system recovers within a
+MQTT broker restarted, a latency spike on the WAN (``bench.stack.wan.DelayProxy``). Each asserts
+that no request fails beyond what the fallback policy allows, and that the system recovers within a
 bound derived below from the settings it depends on. docs/fault-drills.md explains each drill and
 what an operator sees meanwhile.
 """
@@ -29,13 +29,13 @@ from broker import Broker, Inbox, close, paho_client, publish, subscribe
 from hybrid import ask, edge_config, prompts, route
 from prom import metric
 
+from bench.stack.processes import CloudServer, EdgeServer, free_port
+from bench.stack.wan import DelayProxy
 from edge.cloud_client import MAX_RECONNECT_BACKOFF_MS
 from shared import control as c
 from shared.mqtt import RECONNECT_MAX_S, RECONNECT_MIN_S
-from shared.process import CloudServer, EdgeServer, free_port
 from shared.rpc import inference_pb2 as pb
 from shared.rpc import inference_pb2_grpc
-from shared.wan import DelayProxy
 
 pytestmark = pytest.mark.slow
 

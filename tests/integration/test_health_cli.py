@@ -13,7 +13,7 @@ import grpc
 import pytest
 from cloud_server import ROOT, make_certs
 
-from shared.process import CloudServer, EdgeServer, ServerProcess, free_port
+from bench.stack.processes import CloudServer, EdgeServer, ServerProcess, free_port
 from shared.rpc import inference_pb2 as pb
 from shared.rpc import inference_pb2_grpc
 
@@ -25,7 +25,7 @@ INFERENCE = "autoglm.v1.Inference"
 def health(*args: str) -> subprocess.CompletedProcess[str]:
     """``autoglm health ARGS`` in a fresh interpreter, as a container runtime runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "health", *args],
+        [sys.executable, "-m", "autoglm.cli", "health", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

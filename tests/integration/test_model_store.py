@@ -13,8 +13,8 @@ import pytest
 from conftest import PackMaker
 
 from cloud.service.model_store import ModelStoreServicer
-from shared.pack import MANIFEST, PackError, open_pack
-from shared.pack_fetch import fetch_pack
+from shared.pack.fetch import fetch_pack
+from shared.pack.manifest import MANIFEST, PackError, open_pack
 from shared.rpc import model_store_pb2, model_store_pb2_grpc
 
 CHUNK = 64  # the server's default chunk size in these tests: most files span several chunks

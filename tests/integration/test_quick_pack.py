@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.toolkit import tasks, weights
-from cloud.toolkit.build import RECIPES, build_pack
-from cloud.toolkit.evaluate import evaluate, proxy_decoder
-from cloud.toolkit.generate import greedy
-from shared.cli import main
-from shared.pack import PackError, open_pack
+from autoglm.cli import main
+from cloud.model import weights
+from shared.pack.manifest import PackError, open_pack
 from shared.routing import CalibrationTable
 from shared.tokenizer import ByteTokenizer
+from toolkit import tasks
+from toolkit.build import RECIPES, build_pack
+from toolkit.evaluate import evaluate, proxy_decoder
+from toolkit.generate import greedy
 
 pytestmark = pytest.mark.slow
 

@@ -29,12 +29,12 @@ def _run(code: str, blocked: tuple[str, ...]) -> subprocess.CompletedProcess[str
     "module",
     [
         "shared.tokenizer",
-        "shared.pack",
-        "shared.pack_fetch",
+        "shared.pack.manifest",
+        "shared.pack.fetch",
         "shared.routing",
         "shared.settings",
         "shared.rpc",
-        "shared.cli",
+        "autoglm.cli",
     ],
 )
 def test_shared_imports_without_torch_or_onnxruntime(module: str) -> None:
@@ -53,7 +53,7 @@ def test_edge_imports_without_torch(module: str) -> None:
 def test_models_build_without_torch_says_which_extra_to_install() -> None:
     """On a device (no torch), `autoglm models build` names the missing extra, no traceback."""
     r = _run(
-        "from shared.cli import main\n"
+        "from autoglm.cli import main\n"
         "raise SystemExit(main(['models', 'build', '--quick', '--out', '/nonexistent']))",
         ("torch",),
     )
@@ -64,7 +64,7 @@ def test_models_build_without_torch_says_which_extra_to_install() -> None:
 def test_models_list_works_without_torch(tmp_path: Path) -> None:
     """Listing packs needs no torch, so it works on a device."""
     r = _run(
-        "from shared.cli import main\n"
+        "from autoglm.cli import main\n"
         f"raise SystemExit(main(['models', 'list', {str(tmp_path)!r}]))",
         ("torch", "onnxruntime"),
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.ctl_cli import parse_value
-from cloud.ctl_config import (
+from autoglm.cli import build_parser
+from cloud.ctl.config import (
     changes_of,
     choose_version,
     leaf_keys,
@@ -18,8 +18,8 @@ from cloud.ctl_config import (
     set_dotted,
     unset_dotted,
 )
-from cloud.ctl_mqtt import CtlError
-from shared.cli import build_parser
+from cloud.ctl.options import parse_value
+from cloud.ctl.session import CtlError
 from shared.control import ReportedConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,9 @@ def test_report_lines_show_the_values_in_force_or_each_problem() -> None:
 
 def test_ctl_imports_without_torch_or_onnxruntime() -> None:
     """The operator CLI runs on any machine: no torch, no onnxruntime."""
-    code = "import sys\nfor m in ('torch', 'onnxruntime'): sys.modules[m] = None\nimport cloud.ctl"
+    code = (
+        "import sys\nfor m in ('torch', 'onnxruntime'): sys.modules[m] = None\nimport cloud.ctl.cli"
+    )
     r = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )

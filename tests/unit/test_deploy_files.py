@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.cli import build_parser
+from autoglm.cli import build_parser
 from shared.settings.base import load_settings
 from shared.settings.cloud import CloudSettings
 from shared.settings.edge import EdgeSettings
@@ -34,7 +34,7 @@ DEPLOY = ROOT / "deploy"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))
-UNIT_FILE = DEPLOY / "systemd" / "autoglm-edge.service"
+UNIT_FILE = DEPLOY / "systemd" / "autoglm-edge.servicer"
 EDGE_TOML = DEPLOY / "systemd" / "edge.toml.example"
 K8S = DEPLOY / "k8s"
 OPERATIONS = ROOT / "docs" / "operations.md"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.desired import DesiredState, Doc
 from edge.metrics import TelemetryWindow
+from edge.shadow import DesiredState, Doc
 from shared.settings.edge import RoutingSettings, RuntimeSettings
 
 BASE = RuntimeSettings(routing=RoutingSettings(threshold=0.4))

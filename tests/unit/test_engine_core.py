@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from cloud.engine import EngineCore, RequestStatus, SamplingParams, TokenEvent
-from cloud.toolkit.generate import greedy
-from cloud.toolkit.model import GPT, GPTConfig
+from cloud.model.gpt import GPT, GPTConfig
 from shared.settings.cloud import EngineSettings
 from shared.tokenizer import ByteTokenizer
+from toolkit.generate import greedy
 
 TOK = ByteTokenizer()
 PROMPTS = ["hi", "hello world", "abcabcabcabc", "x", "the quick brown fox", "42+17=", "zz", "ok?"]

@@ -20,10 +20,10 @@ from cloud.engine import (
     SamplingParams,
 )
 from cloud.engine.loop import _put_all
-from cloud.toolkit.generate import greedy
-from cloud.toolkit.model import GPT, GPTConfig
+from cloud.model.gpt import GPT, GPTConfig
 from shared.settings.cloud import EngineSettings
 from shared.tokenizer import ByteTokenizer
+from toolkit.generate import greedy
 
 TOK = ByteTokenizer()
 

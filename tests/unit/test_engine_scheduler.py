@@ -17,7 +17,7 @@ from cloud.engine import (
     Scheduler,
     validate_request,
 )
-from cloud.toolkit.model import GPT, GPTConfig
+from cloud.model.gpt import GPT, GPTConfig
 from shared.settings.cloud import EngineSettings
 from shared.tokenizer import ByteTokenizer
 

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cloud.toolkit.export import export_onnx, io_names
-from cloud.toolkit.model import GPT, GPTConfig
+from cloud.model.gpt import GPT, GPTConfig
+from toolkit.export import export_onnx, io_names
 
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "Slice", "Squeeze", "ConstantOfShape"}
 

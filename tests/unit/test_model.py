@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cloud.toolkit.generate import greedy
-from cloud.toolkit.model import GPT, GPTConfig
+from cloud.model.gpt import GPT, GPTConfig
 from shared.tokenizer import ByteTokenizer
+from toolkit.generate import greedy
 
 CFG = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=48)
 
@@ -101,7 +101,7 @@ def test_weight_tying_counts_parameters_once() -> None:
 
 def test_demo_proxy_has_at_most_an_eighth_of_the_full_models_parameters() -> None:
     """The demo recipe's proxy is at most 1/8 the size of its full model."""
-    from cloud.toolkit.build import RECIPES
+    from toolkit.build import RECIPES
 
     demo = RECIPES["demo"]
     assert GPT(demo.proxy).num_params() * 8 <= GPT(demo.full).num_params()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import PackMaker
 
-from shared.pack import Manifest, PackError, list_packs, open_pack
+from shared.pack.manifest import Manifest, PackError, list_packs, open_pack
 
 FILES = {"full.safetensors": b"\x01" * 300, "proxy.onnx": b"onnx" * 50, "tokenizer.json": b"{}"}
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cloud.toolkit import tasks
+from toolkit import tasks
 
 
 @pytest.mark.parametrize("family", tasks.FAMILIES)

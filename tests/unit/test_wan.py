@@ -1,4 +1,4 @@
-"""The emulated WAN (shared.wan.DelayProxy) against a real echo server on loopback."""
+"""The emulated WAN (bench.stack.wan.DelayProxy) against a real echo server on loopback."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.process import free_port
-from shared.wan import DelayProxy
+from bench.stack.processes import free_port
+from bench.stack.wan import DelayProxy
 
 
 class _Echo(socketserver.BaseRequestHandler):

@@ -1,0 +1,1 @@
+"""The ``autoglm`` command: the one module that knows every component (``autoglm.cli``)."""

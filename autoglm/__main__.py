@@ -1,0 +1,5 @@
+"""``python -m autoglm``: the same as the ``autoglm`` command."""
+
+from autoglm.cli import main
+
+raise SystemExit(main())

@@ -1,1 +1,0 @@
-"""Model toolkit: the model, the task suite, training, distillation, export, calibration, packs."""

@@ -1,0 +1,2 @@
+"""Model packs: the manifest and its verification (``manifest``), the verified download
+(``fetch``)."""
