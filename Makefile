@@ -46,11 +46,12 @@ test: venv mosquitto  ## run all tests, including the generated-code and docs fr
 demo: venv mosquitto  ## the whole system on loopback: broker, cloud, two edges, a mixed workload
 	PATH="$$PATH:/usr/sbin" $(BIN)/autoglm demo
 
-lint: venv  ## ruff lint, ruff format check, mypy
+lint: venv  ## ruff lint, ruff format check, mypy, import contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy scripts
+	$(BIN)/lint-imports
 
 format: venv  ## apply ruff's safe fixes and formatting
 	$(BIN)/ruff check --fix .
