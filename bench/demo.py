@@ -121,7 +121,7 @@ def wait_online(broker: str, fleet: str, devices: tuple[str, ...], timeout: floa
 def ctl(broker: str, fleet: str, command: list[str], *rest: str) -> None:
     """Runs ``autoglm ctl COMMAND --mqtt BROKER --fleet FLEET REST`` in this process, echoing
     it as an operator types it."""
-    from autoglm.cli import main
+    from autoglm_cli import main
 
     argv = ["ctl", *command, "--mqtt", broker, "--fleet", fleet, *rest]
     say("$ autoglm " + " ".join(argv))

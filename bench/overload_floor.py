@@ -45,7 +45,7 @@ GENERATE = "/autoglm.v1.Inference/Generate"
 
 def serve_refusing(argv: list[str]) -> int:
     """``autoglm ARGV`` with every Generate refused as if the engine's queue were full."""
-    from autoglm.cli import main
+    from autoglm_cli import main
     from cloud.engine.loop import AsyncEngine
     from cloud.engine.scheduler import QueueFull
 

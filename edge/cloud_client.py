@@ -22,12 +22,12 @@ import grpc
 
 from edge.breaker import CircuitBreaker
 from shared.pack.fetch import fetch_pack
-from shared.rpc import inference_pb2, inference_pb2_grpc, model_store_pb2_grpc
+from shared.rpc import INFERENCE_SERVICE, inference_pb2, inference_pb2_grpc, model_store_pb2_grpc
 from shared.settings.edge import CloudCallSettings, EdgeCloudSettings
+from shared.tls import read_pem
 
 log = logging.getLogger(__name__)
 
-SERVICE = "autoglm.v1.Inference"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 KEEPALIVE_TIMEOUT_MS = 10_000
 MAX_RECONNECT_BACKOFF_MS = 10_000  # gRPC's default (120 s) would hide a recovered cloud for long
@@ -253,7 +253,7 @@ def channel_options(cloud: EdgeCloudSettings, call: CloudCallSettings) -> list[t
 
 def service_config(call: CloudCallSettings) -> dict[str, Any]:
     """The service config: retry UNAVAILABLE `call.retries` times with exponential back-off."""
-    method: dict[str, Any] = {"name": [{"service": SERVICE}]}
+    method: dict[str, Any] = {"name": [{"service": INFERENCE_SERVICE}]}
     if call.retries > 0:
         method["retryPolicy"] = {
             "maxAttempts": call.retries + 1,
@@ -274,16 +274,7 @@ def _credentials(cloud: EdgeCloudSettings) -> grpc.ChannelCredentials:
     """TLS credentials from the PEM files; ValueError naming the file that cannot be read."""
     tls = cloud.tls
     return grpc.ssl_channel_credentials(
-        root_certificates=_read("ca_file", tls.ca_file),
-        private_key=_read("key_file", tls.key_file),
-        certificate_chain=_read("cert_file", tls.cert_file),
+        root_certificates=read_pem(tls.ca_file, "cloud.tls.ca_file"),
+        private_key=read_pem(tls.key_file, "cloud.tls.key_file"),
+        certificate_chain=read_pem(tls.cert_file, "cloud.tls.cert_file"),
     )
-
-
-def _read(field: str, path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cloud.tls.{field}: cannot read {path}: {exc.strerror}") from None

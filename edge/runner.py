@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shared.pack.manifest import DecoderIO, Manifest
-from shared.sampling import SamplingParams
+from shared.sampling import SamplingParams, pick_token
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class OnnxDecoder:
         probs: list[float] = []
         steps = 1
         while True:
-            tok, prob = _pick(out[0][0, -1], params, rng)
+            tok, prob = pick_token(out[0][0, -1], params, rng)
             probs.append(prob)
             if stop_below is not None and prob < stop_below:
                 return DecodeResult(tokens, probs, "low_confidence", steps)
@@ -230,32 +230,3 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     """``a``, read-only: shared by every call (and thread), never written."""
     a.flags.writeable = False
     return a
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    e = np.exp(x - x.max())
-    return np.asarray(e / e.sum())
-
-
-def _pick(
-    logits: np.ndarray, params: SamplingParams, rng: np.random.Generator
-) -> tuple[int, float]:
-    """The next token and its confidence: the probability the proxy's own (untempered)
-    distribution gives it, so that a calibrated threshold means the same under sampling."""
-    if params.temperature == 0:  # greedy: the largest logit; its softmax needs only the sum
-        x = logits.astype(np.float64)
-        tok = int(x.argmax())
-        return tok, float(1.0 / np.exp(x - x[tok]).sum())  # = softmax(x)[tok], as exp(0) = 1
-    p = _softmax(logits)
-    dist = _softmax(logits.astype(np.float64) / params.temperature)
-    if params.top_p < 1.0:
-        order = np.argsort(-dist, kind="stable")
-        sorted_p = dist[order]
-        outside = np.cumsum(sorted_p) - sorted_p >= params.top_p  # mass before it covers top_p
-        sorted_p[outside] = 0.0
-        dist = np.zeros_like(dist)
-        dist[order] = sorted_p
-        dist /= dist.sum()
-    tok = int(rng.choice(len(dist), p=dist))
-    return tok, float(p[tok])

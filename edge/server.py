@@ -29,15 +29,19 @@ from edge.proxy import Proxy, ProxyHolder, load_proxy
 from edge.servicer import EdgeInference
 from edge.shadow import DesiredState
 from shared.pack.manifest import PackError
-from shared.rpc import inference_pb2, inference_pb2_grpc
-from shared.serving import add_health_and_reflection, bind, set_serving, stop_on_signals
+from shared.rpc import INFERENCE_SERVICE, inference_pb2_grpc
+from shared.serving import (
+    add_health_and_reflection,
+    bind,
+    set_serving,
+    stop_on_signals,
+    warn_if_exposed,
+)
 from shared.settings.edge import EdgeSettings, RuntimeSettings
 
 log = logging.getLogger(__name__)
 
-INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 STOP_GRACE_S = 5.0
-_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 class EdgeDaemon:
@@ -141,12 +145,11 @@ class EdgeDaemon:
             ]
         )
         inference_pb2_grpc.add_InferenceServicer_to_server(self.inference, server)
-        health = add_health_and_reflection(server, (INFERENCE,))
+        health = add_health_and_reflection(server, (INFERENCE_SERVICE,))
         listen = self.settings.listen
         if listen.startswith("unix:"):
             Path(listen[5:]).parent.mkdir(parents=True, exist_ok=True)
-        elif listen.rsplit(":", 1)[0] not in _LOCAL_HOSTS:
-            log.warning("the local API listens on %s, beyond this device, without TLS", listen)
+        warn_if_exposed(listen, "the local API", "bind it to loopback or a unix: socket")
         self.address = bind(server, listen, None)
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[None]] = set()
@@ -159,7 +162,7 @@ class EdgeDaemon:
         agent = EdgeAgent(self, loop) if self.settings.mqtt.enabled else None
         try:
             await server.start()
-            await set_serving(health, (INFERENCE,))
+            await set_serving(health, (INFERENCE_SERVICE,))
             if agent is not None:
                 agent.start()
             if self.settings.metrics_port > 0:

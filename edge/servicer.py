@@ -43,6 +43,7 @@ from shared.sampling import (
     InvalidRequest,
     SamplingParams,
     first_stop,
+    require_prompt,
     sampling_from_wire,
     sampling_to_wire,
     validate_params,
@@ -164,8 +165,7 @@ class EdgeInference(inference_pb2_grpc.InferenceServicer):
         """Serve one request (steps 1-5 of the module docstring)."""
         rt = self.runtime  # one consistent view of the settings for the whole request
         proxy = self.proxies.current  # the request finishes on this proxy, even across a swap
-        if not request.prompt:
-            raise InvalidRequest("prompt is empty")
+        require_prompt(request.prompt)
         params = sampling_from_wire(request.sampling)
         validate_params(params, max_new_tokens_limit=self.max_new_tokens_limit)
         params = replace(params, max_new_tokens=params.max_new_tokens or proxy.max_new_tokens)

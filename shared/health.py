@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from shared.tls import PemFileError, read_pem
+
 SERVING = "SERVING"
 
 
@@ -67,11 +69,14 @@ def check(
         raise HealthError("--cert and --key go together")
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     if tls or ca is not None or cert is not None:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=_read(ca, "--ca"),
-            private_key=_read(key, "--key"),
-            certificate_chain=_read(cert, "--cert"),
-        )
+        try:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=read_pem(ca, "--ca"),
+                private_key=read_pem(key, "--key"),
+                certificate_chain=read_pem(cert, "--cert"),
+            )
+        except PemFileError as exc:
+            raise HealthError(str(exc)) from None
         channel = grpc.secure_channel(address, creds, options=options)
     else:
         channel = grpc.insecure_channel(address, options=options)
@@ -88,15 +93,6 @@ def check(
             details = " ".join(str(exc.details() or "").split())
             raise HealthError(f"{code.name}: {details}" if details else code.name) from None
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-
-
-def _read(path: Path | None, flag: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise HealthError(f"{flag} {path}: {exc.strerror}") from None
 
 
 def _check(args: argparse.Namespace) -> int:

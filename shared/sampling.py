@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from shared.rpc import inference_pb2
 
 
@@ -52,6 +54,12 @@ def sampling_to_wire(p: SamplingParams) -> inference_pb2.SamplingParams:
     return wire
 
 
+def require_prompt(prompt: str | Sequence[int]) -> None:
+    """Raise :class:`InvalidRequest` for an empty prompt (text at a server, ids at an engine)."""
+    if not prompt:
+        raise InvalidRequest("prompt is empty")
+
+
 def validate_params(params: SamplingParams, *, max_new_tokens_limit: int) -> None:
     """Raise :class:`InvalidRequest` if the sampling parameters are out of range."""
     if params.max_new_tokens < 0:
@@ -83,8 +91,7 @@ def validate_request(
     ``max_prompt_tokens`` 0 means the model's context (``block_size``).
     """
     limit = max_prompt_tokens or block_size
-    if not prompt_ids:
-        raise InvalidRequest("prompt is empty")
+    require_prompt(prompt_ids)
     if len(prompt_ids) > limit:
         raise InvalidRequest(f"prompt has {len(prompt_ids)} tokens; the limit is {limit}")
     validate_params(params, max_new_tokens_limit=max_new_tokens_limit)
@@ -104,3 +111,39 @@ def first_stop(text: str, stops: Sequence[str]) -> int | None:
     """Index in ``text`` where the earliest stop string starts; None when none occurs."""
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(hits) if hits else None
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    e = np.exp(x - x.max())
+    return np.asarray(e / e.sum())
+
+
+def pick_token(
+    logits: np.ndarray, params: SamplingParams, rng: np.random.Generator
+) -> tuple[int, float]:
+    """The next token from one row of logits, and the probability the model's own (untempered)
+    distribution gives it.
+
+    Greedy (temperature 0) takes the largest logit. Sampling draws from ``softmax(logits /
+    temperature)`` cut to the smallest set of tokens whose mass reaches ``top_p`` (nucleus
+    sampling, renormalised), with the caller's generator. The probability returned is the
+    model's, before temperature and top-p (as vLLM's default raw logprobs): a token's confidence
+    is then the same whatever the sampling knobs, so a calibrated threshold means the same on
+    the edge and the cloud, greedy or sampled. Edge runner and cloud engine both use this."""
+    if params.temperature == 0:  # greedy: the largest logit; its softmax needs only the sum
+        x = logits.astype(np.float64)
+        tok = int(x.argmax())
+        return tok, float(1.0 / np.exp(x - x[tok]).sum())  # = softmax(x)[tok], as exp(0) = 1
+    p = softmax(logits)
+    dist = softmax(logits.astype(np.float64) / params.temperature)
+    if params.top_p < 1.0:
+        order = np.argsort(-dist, kind="stable")
+        sorted_p = dist[order]
+        outside = np.cumsum(sorted_p) - sorted_p >= params.top_p  # mass before it covers top_p
+        sorted_p[outside] = 0.0
+        dist = np.zeros_like(dist)
+        dist[order] = sorted_p
+        dist /= dist.sum()
+    tok = int(rng.choice(len(dist), p=dist))
+    return tok, float(p[tok])

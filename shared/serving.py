@@ -21,6 +21,21 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
+# Hosts that only this machine can reach: a server bound to one needs no TLS.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def is_local_address(listen: str) -> bool:
+    """A Unix socket or a loopback ``HOST:PORT``: reachable from this machine only."""
+    return listen.startswith("unix:") or listen.rsplit(":", 1)[0] in LOOPBACK_HOSTS
+
+
+def warn_if_exposed(listen: str, what: str, remedy: str) -> None:
+    """Log a warning when ``listen`` is reachable beyond this machine and served without TLS."""
+    if not is_local_address(listen):
+        log.warning("%s on %s WITHOUT TLS, reachable beyond this machine: %s", what, listen, remedy)
+
+
 class ServeError(RuntimeError):
     """The server cannot start (e.g. the address cannot be bound)."""
 

@@ -45,7 +45,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         cli_args: Sequence[str] = (),  # before the subcommand, e.g. ("--log-format", "json")
         channel_factory: ChannelFactory = grpc.insecure_channel,
-        launcher: Sequence[str] = ("-m", "autoglm.cli"),  # what python runs: the CLI module
+        launcher: Sequence[str] = ("-m", "autoglm_cli"),  # what python runs: the CLI module
     ) -> None:
         self.address = address or f"127.0.0.1:{free_port()}"
         name = command[0] + "-" + self.address.rsplit(":", 1)[-1].replace("/", "_")

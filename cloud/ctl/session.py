@@ -11,7 +11,6 @@ message published after it, so once the marker is back the retained state is com
 from __future__ import annotations
 
 import queue
-import re
 import socket
 import sys
 import threading
@@ -29,11 +28,10 @@ from pydantic import BaseModel
 
 from shared.control import DeviceStatus, PayloadError, Topics, parse
 from shared.mqtt import build_client, reply_properties, split_host_port
+from shared.names import NAME_RULE, is_plain_name
 from shared.settings.edge import ClientTLSSettings
 
 M = TypeVar("M", bound=BaseModel)
-# Device and fleet ids are MQTT topic levels: no "/", "+", "#" or spaces (as in EdgeSettings).
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KEEPALIVE_S = 30
 # Longest wait for the barrier that ends the retained messages.
 SYNC_S = 2.0
@@ -52,11 +50,8 @@ class Message:
 
 
 def check_id(kind: str, value: str) -> str:
-    if not ID_PATTERN.match(value):
-        raise CtlError(
-            f"invalid {kind} {value!r}: 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
+    if not is_plain_name(value):  # device and fleet ids are MQTT topic levels
+        raise CtlError(f"invalid {kind} {value!r}: {NAME_RULE}")
     return value
 
 

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -42,7 +43,7 @@ from cloud.engine.request import (
 )
 from cloud.engine.scheduler import Scheduler, SchedulerOutput
 from cloud.model.gpt import GPT
-from shared.sampling import first_stop
+from shared.sampling import first_stop, pick_token
 from shared.settings.cloud import EngineSettings
 from shared.tokenizer import Tokenizer
 
@@ -236,25 +237,14 @@ class EngineCore:
         req.cache_len = len(req.prompt_ids) + k  # forget the rejected draft tokens
         return toks[: k + 1], probs[: k + 1]
 
-    def _sample(self, req: Request, logits: torch.Tensor) -> tuple[list[int], list[float]]:
-        """A token drawn from ``softmax(logits [V] / temperature)``, within top-p, with the
-        request's own generator (seeded: reproducible whatever else is in the batch)."""
-        params = req.params
+    @staticmethod
+    def _sample(req: Request, logits: torch.Tensor) -> tuple[list[int], list[float]]:
+        """A token drawn as :func:`shared.sampling.pick_token` draws it (the edge's sampler), with
+        the request's own generator (seeded: reproducible whatever else is in the batch)."""
         if req.generator is None:
-            req.generator = torch.Generator(device=self.device)
-            if params.seed is None:
-                req.generator.seed()
-            else:
-                req.generator.manual_seed(params.seed)
-        dist = F.softmax(logits / params.temperature, dim=-1)  # [V]
-        if params.top_p < 1.0:
-            sorted_p, order = dist.sort(descending=True)
-            outside = sorted_p.cumsum(0) - sorted_p >= params.top_p  # mass before it covers top_p
-            sorted_p[outside] = 0.0
-            dist = torch.zeros_like(dist).scatter_(0, order, sorted_p)
-            dist = dist / dist.sum()
-        choice = int(torch.multinomial(dist, 1, generator=req.generator))
-        return [choice], [float(dist[choice])]
+            req.generator = np.random.default_rng(req.params.seed)  # None: fresh OS entropy
+        tok, prob = pick_token(logits.float().cpu().numpy(), req.params, req.generator)
+        return [tok], [prob]
 
     def _update(
         self, req: Request, tokens: list[int], probs: list[float], now: float

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-KV = tuple[torch.Tensor, torch.Tensor]
+from cloud.model.gpt import KV
 
 
 class SlotCache:

@@ -10,14 +10,11 @@ import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-import torch
+import numpy as np
 
 from shared.sampling import InvalidRequest, SamplingParams, validate_request
 
-__all__ = ["KV", "InvalidRequest", "Request", "RequestStatus", "SamplingParams", "validate_request"]
-
-# One layer's cache of one sequence: (key, value), each [1, n_head, cache_len, head_dim].
-KV = tuple[torch.Tensor, torch.Tensor]
+__all__ = ["InvalidRequest", "Request", "RequestStatus", "SamplingParams", "validate_request"]
 
 
 class RequestStatus(IntEnum):
@@ -63,7 +60,7 @@ class Request:
     # Engine state: the KV-cache slot and how many of its columns hold this sequence's tokens.
     slot: int | None = None
     cache_len: int = 0
-    generator: torch.Generator | None = field(default=None, repr=False)
+    generator: np.random.Generator | None = field(default=None, repr=False)
 
     @property
     def is_finished(self) -> bool:

@@ -24,24 +24,28 @@ from cloud.service.metrics import ServiceMetrics
 from cloud.service.model_store import ModelStoreServicer
 from cloud.service.servicer import InferenceServicer, metrics_observer
 from shared.pack.manifest import open_pack
-from shared.rpc import inference_pb2, inference_pb2_grpc, model_store_pb2, model_store_pb2_grpc
+from shared.rpc import (
+    INFERENCE_SERVICE,
+    MODEL_STORE_SERVICE,
+    inference_pb2_grpc,
+    model_store_pb2_grpc,
+)
 from shared.serving import (
     ServeError,
     add_health_and_reflection,
     bind,
     set_serving,
     stop_on_signals,
+    warn_if_exposed,
 )
 from shared.settings.cloud import CloudSettings, ServerTLSSettings
+from shared.tls import PemFileError, read_pem
 from shared.tokenizer import tokenizer_from_spec
 
 log = logging.getLogger(__name__)
 
-INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
-MODEL_STORE = model_store_pb2.DESCRIPTOR.services_by_name["ModelStore"].full_name
 # Seconds the server keeps open after the engine drained, to send the last answers.
 STOP_GRACE_S = 2.0
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 def pick_device(wanted: str) -> str:
@@ -54,9 +58,11 @@ def pick_device(wanted: str) -> str:
 def _credentials(tls: ServerTLSSettings) -> grpc.ServerCredentials | None:
     if tls.cert_file is None or tls.key_file is None:
         return None
-    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
+    ca = read_pem(tls.client_ca_file, "tls.client_ca_file")
+    key, cert = read_pem(tls.key_file, "tls.key_file"), read_pem(tls.cert_file, "tls.cert_file")
+    assert key is not None and cert is not None
     return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        [(key, cert)],
         root_certificates=ca,
         require_client_auth=ca is not None,
     )
@@ -66,13 +72,11 @@ def _bind(server: grpc.aio.Server, listen: str, tls: ServerTLSSettings) -> str:
     """Open the port; returns the address actually bound (port 0 becomes the real port)."""
     try:
         creds = _credentials(tls)
-    except OSError as exc:  # a certificate or key file that cannot be read
+    except PemFileError as exc:  # a certificate or key file that cannot be read
         raise ServeError(f"TLS: {exc}") from None
     address = bind(server, listen, creds)
     if creds is None:
-        host = listen.rsplit(":", 1)[0]
-        if not listen.startswith("unix:") and host not in _LOOPBACK:
-            log.warning("serving WITHOUT TLS on %s: set [tls] cert_file and key_file", listen)
+        warn_if_exposed(listen, "serving", "set [tls] cert_file and key_file")
     else:
         mode = "mutual TLS" if tls.client_ca_file is not None else "TLS"
         log.info("serving with %s", mode)
@@ -134,14 +138,14 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
     model_store_pb2_grpc.add_ModelStoreServicer_to_server(
         ModelStoreServicer(Path(settings.packs_dir)), server
     )
-    health_servicer = add_health_and_reflection(server, (INFERENCE, MODEL_STORE))
+    health_servicer = add_health_and_reflection(server, (INFERENCE_SERVICE, MODEL_STORE_SERVICE))
     address = _bind(server, settings.listen, settings.tls)
 
     stop = asyncio.Event()
     engine.start()
     try:
         await server.start()
-        await set_serving(health_servicer, (INFERENCE, MODEL_STORE))
+        await set_serving(health_servicer, (INFERENCE_SERVICE, MODEL_STORE_SERVICE))
         if settings.metrics_port > 0:
             host, port = settings.metrics_host, settings.metrics_port
             metrics.start_http(port, host)

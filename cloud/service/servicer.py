@@ -31,7 +31,7 @@ from cloud.engine import (
 )
 from cloud.service.metrics import ServiceMetrics
 from shared.rpc import inference_pb2, inference_pb2_grpc
-from shared.sampling import sampling_from_wire
+from shared.sampling import require_prompt, sampling_from_wire
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         done: Request | None = None  # the finished request, from the final event
         self.metrics.request_started()
         try:
-            if not request.prompt:
-                raise InvalidRequest("prompt is empty")
+            require_prompt(request.prompt)
             remaining = context.time_remaining()
             kwargs: dict[str, Any] = {
                 "params": sampling_from_wire(request.sampling),

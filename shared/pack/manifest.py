@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.names import is_plain_name
+
 FORMAT: Literal["autoglm-pack/1"] = "autoglm-pack/1"
 MANIFEST = "manifest.json"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class PackError(Exception):
@@ -126,7 +126,7 @@ def file_entry(path: Path) -> FileEntry:
 
 def check_name(kind: str, value: str) -> str:
     """Pack names and versions become folder names: keep them plain."""
-    if not _SAFE_NAME.match(value) or value in {".", ".."}:
+    if not is_plain_name(value) or value in {".", ".."}:
         raise PackError(f"invalid pack {kind} {value!r}: use letters, digits, '.', '_', '-'")
     return value
 

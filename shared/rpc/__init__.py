@@ -11,4 +11,15 @@ from shared.rpc.autoglm.v1 import (
     model_store_pb2_grpc,
 )
 
-__all__ = ["inference_pb2", "inference_pb2_grpc", "model_store_pb2", "model_store_pb2_grpc"]
+# Full names of the services (``autoglm.v1.Inference``...), for health, reflection, service configs.
+INFERENCE_SERVICE: str = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+MODEL_STORE_SERVICE: str = model_store_pb2.DESCRIPTOR.services_by_name["ModelStore"].full_name
+
+__all__ = [
+    "INFERENCE_SERVICE",
+    "MODEL_STORE_SERVICE",
+    "inference_pb2",
+    "inference_pb2_grpc",
+    "model_store_pb2",
+    "model_store_pb2_grpc",
+]

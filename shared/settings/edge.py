@@ -6,7 +6,6 @@ everything else is read once at start and needs a restart to change.
 
 from __future__ import annotations
 
-import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.names import NAME_PATTERN, NAME_RULE, is_plain_name
 from shared.settings.base import (
     ComponentSettings,
     ExpandedPath,
@@ -27,9 +27,6 @@ from shared.settings.base import (
     deep_merge,
     validation_problems,
 )
-
-# Device and fleet ids become MQTT topic levels: no "/", "+", "#" or spaces.
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 # ---------------------------------------------------------------------------------------------
 # Runtime settings: the part operators may change over MQTT.
@@ -287,7 +284,7 @@ class EdgeSettings(ComponentSettings):
         description="This device's id in MQTT topics and cloud metrics; empty = the host name.",
     )
     fleet: str = Field(
-        default="default", pattern=_ID_PATTERN, description="Fleet the device belongs to."
+        default="default", pattern=NAME_PATTERN, description="Fleet the device belongs to."
     )
     listen: ListenAddress = Field(
         default="127.0.0.1:50061",
@@ -336,9 +333,6 @@ class EdgeSettings(ComponentSettings):
     @classmethod
     def _device_id(cls, value: str) -> str:
         value = value or socket.gethostname().split(".")[0]
-        if re.fullmatch(_ID_PATTERN, value) is None:
-            raise ValueError(
-                f"{value!r} is not a valid id: 1-64 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit"
-            )
+        if not is_plain_name(value):  # device ids become MQTT topic levels
+            raise ValueError(f"{value!r} is not a valid id: {NAME_RULE}")
         return value

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from autoglm.cli import main
+from autoglm_cli import main
 from cloud.engine.loop import AsyncEngine
 
 _apply = AsyncEngine._apply

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.cli import main
+from autoglm_cli import main
 
 
 def test_bench_train_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,7 +104,7 @@ def test_overload_floor_script_times_refusals_with_the_engine_out_of_the_picture
 ) -> None:
     """bench/overload_floor.py (quoted in docs/benchmarks.md): its server refuses every
     Generate call (the script checks each code), and every row has one p99 per round."""
-    script = Path(__file__).resolve().parents[2] / "scripts" / "overload_floor.py"
+    script = Path(__file__).resolve().parents[2] / "bench" / "overload_floor.py"
     out = tmp_path / "floor.json"
     argv = ["--pack", str(quick_pack), "--burst", "8", "--rounds", "1", "--out", str(out)]
     run = subprocess.run(

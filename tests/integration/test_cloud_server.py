@@ -354,7 +354,7 @@ def test_unusable_settings_exit_2_with_a_clear_message(
     quick_pack: Path, args: list[str], message: str
 ) -> None:
     """Bad settings, a missing pack or missing auth: exit code 2 and one reason on stderr."""
-    cmd = [sys.executable, "-m", "autoglm.cli", "cloud", "serve", "--pack", str(quick_pack), *args]
+    cmd = [sys.executable, "-m", "autoglm_cli", "cloud", "serve", "--pack", str(quick_pack), *args]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr

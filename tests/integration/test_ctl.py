@@ -22,7 +22,7 @@ from cloud_server import make_certs
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from autoglm.cli import main
+from autoglm_cli import main
 from shared.control import (
     CommandReply,
     DesiredConfig,

@@ -10,7 +10,7 @@ import pytest
 from broker import Broker
 from hybrid import ask, copy_pack_as
 
-from autoglm.cli import main
+from autoglm_cli import main
 from bench.stack.processes import CloudServer, EdgeServer
 
 pytestmark = pytest.mark.slow

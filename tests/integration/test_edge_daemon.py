@@ -13,7 +13,7 @@ import pytest
 from cloud_server import write_tokens
 from hybrid import ask, edge_config, prompts, route
 
-from autoglm.cli import main
+from autoglm_cli import main
 from bench.stack.processes import CloudServer, EdgeServer, free_port
 from shared.rpc import inference_pb2 as pb
 

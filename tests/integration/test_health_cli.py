@@ -25,7 +25,7 @@ INFERENCE = "autoglm.v1.Inference"
 def health(*args: str) -> subprocess.CompletedProcess[str]:
     """``autoglm health ARGS`` in a fresh interpreter, as a container runtime runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "autoglm.cli", "health", *args],
+        [sys.executable, "-m", "autoglm_cli", "health", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

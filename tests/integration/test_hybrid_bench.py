@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.cli import main
+from autoglm_cli import main
 
 MODES = ["all-edge", "all-cloud", "hybrid"]
 
@@ -78,7 +78,7 @@ def test_bench_hybrid_prints_a_table_with_every_target(
 
 
 def _demo(quick_pack: Path, out: Path) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "autoglm.cli", "demo", "--pack", str(quick_pack)]
+    argv = [sys.executable, "-m", "autoglm_cli", "demo", "--pack", str(quick_pack)]
     argv += ["--requests", "18", "--rtt-ms", "20", "--out", str(out)]
     return subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=out.parent

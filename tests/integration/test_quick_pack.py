@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoglm.cli import main
+from autoglm_cli import main
 from cloud.model import weights
 from shared.pack.manifest import PackError, open_pack
 from shared.routing import CalibrationTable

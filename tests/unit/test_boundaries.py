@@ -34,7 +34,7 @@ def _run(code: str, blocked: tuple[str, ...]) -> subprocess.CompletedProcess[str
         "shared.routing",
         "shared.settings",
         "shared.rpc",
-        "autoglm.cli",
+        "autoglm_cli",
     ],
 )
 def test_shared_imports_without_torch_or_onnxruntime(module: str) -> None:
@@ -53,7 +53,7 @@ def test_edge_imports_without_torch(module: str) -> None:
 def test_models_build_without_torch_says_which_extra_to_install() -> None:
     """On a device (no torch), `autoglm models build` names the missing extra, no traceback."""
     r = _run(
-        "from autoglm.cli import main\n"
+        "from autoglm_cli import main\n"
         "raise SystemExit(main(['models', 'build', '--quick', '--out', '/nonexistent']))",
         ("torch",),
     )
@@ -64,7 +64,7 @@ def test_models_build_without_torch_says_which_extra_to_install() -> None:
 def test_models_list_works_without_torch(tmp_path: Path) -> None:
     """Listing packs needs no torch, so it works on a device."""
     r = _run(
-        "from autoglm.cli import main\n"
+        "from autoglm_cli import main\n"
         f"raise SystemExit(main(['models', 'list', {str(tmp_path)!r}]))",
         ("torch", "onnxruntime"),
     )

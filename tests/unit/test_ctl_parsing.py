@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.cli import build_parser
+from autoglm_cli import build_parser
 from cloud.ctl.config import (
     changes_of,
     choose_version,

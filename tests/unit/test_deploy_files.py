@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from autoglm.cli import build_parser
+from autoglm_cli import build_parser
 from shared.settings.base import load_settings
 from shared.settings.cloud import CloudSettings
 from shared.settings.edge import EdgeSettings
@@ -34,7 +34,7 @@ DEPLOY = ROOT / "deploy"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))
-UNIT_FILE = DEPLOY / "systemd" / "autoglm-edge.servicer"
+UNIT_FILE = DEPLOY / "systemd" / "autoglm-edge.service"
 EDGE_TOML = DEPLOY / "systemd" / "edge.toml.example"
 K8S = DEPLOY / "k8s"
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -225,7 +225,10 @@ def parse(argv: list[str]) -> Any:
 @functools.cache
 def integration_test_flags() -> set[str]:
     """Every --flag written in the integration tests and the launcher they use."""
-    sources = [ROOT / "shared" / "process.py", *sorted((ROOT / "tests/integration").glob("*.py"))]
+    sources = [
+        ROOT / "bench" / "stack" / "processes.py",
+        *sorted((ROOT / "tests/integration").glob("*.py")),
+    ]
     return {f for path in sources for f in re.findall(r"--[a-z][a-z0-9-]*", path.read_text())}
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.runner import _pick, _softmax
 from shared.sampling import SamplingParams
+from shared.sampling import pick_token as _pick
+from shared.sampling import softmax as _softmax
 
 
 def test_greedy_pick_is_the_argmax_with_its_softmax_probability() -> None:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("autoglm", "bench", "toolkit", "cloud", "edge", "shared")
+PACKAGES = ("autoglm_cli", "bench", "toolkit", "cloud", "edge", "shared")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 

@@ -21,7 +21,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-PROJECT_PACKAGES = frozenset({"autoglm", "bench", "cloud", "edge", "shared", "toolkit"})
+PROJECT_PACKAGES = frozenset({"autoglm_cli", "bench", "cloud", "edge", "shared", "toolkit"})
 
 # group name -> (module with `register(subparsers)`, one-line help)
 GROUPS: dict[str, tuple[str, str]] = {

@@ -1,1 +1,0 @@
-"""The ``autoglm`` command: the one module that knows every component (``autoglm.cli``)."""
