@@ -35,7 +35,8 @@ from bench.hybrid import (
 )
 from bench.stack.loopback import Stack
 from shared.control import DeviceStatus, Topics, parse
-from shared.mqtt import build_client, split_host_port
+from shared.mqtt import build_client
+from shared.net import split_host_port
 from shared.pack.manifest import read_manifest
 
 FLEET_CONFIG = ["routing.target_min_accuracy_share=0.99", "telemetry.interval_s=1"]

@@ -25,7 +25,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.cloud_client import CloudError
 from edge.shadow import Doc, Scope
 from shared import control as c
-from shared.mqtt import Will, build_client, refused_for_good, split_host_port
+from shared.mqtt import Will, build_client, refused_for_good
+from shared.net import split_host_port
 from shared.pack.manifest import PackError, open_pack
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from edge.shadow import write_json_atomic
+from shared.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.files import write_json_atomic
 from shared.settings.base import SettingsError
 from shared.settings.edge import RuntimeSettings
 
@@ -40,16 +40,6 @@ class Proposal:
     doc: Doc
     settings: RuntimeSettings | None
     errors: list[str]
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file, flush it to disk, then rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 class DesiredState:

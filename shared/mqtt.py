@@ -37,11 +37,6 @@ class Will:
     qos: int = 1
 
 
-def split_host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def build_client(
     client_id: str,
     *,

@@ -15,19 +15,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shared.net import is_local_address
+
 log = logging.getLogger(__name__)
 
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-# Hosts that only this machine can reach: a server bound to one needs no TLS.
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
-
-
-def is_local_address(listen: str) -> bool:
-    """A Unix socket or a loopback ``HOST:PORT``: reachable from this machine only."""
-    return listen.startswith("unix:") or listen.rsplit(":", 1)[0] in LOOPBACK_HOSTS
 
 
 def warn_if_exposed(listen: str, what: str, remedy: str) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from shared.mqtt import split_host_port
+from shared.net import split_host_port
 
 CHUNK = 64 * 1024
 T = TypeVar("T")

@@ -28,7 +28,8 @@ from cloud.ctl.options import (
 )
 from cloud.ctl.session import CtlError, Message, Session, check_id, decode, warn
 from shared.control import DesiredConfig, DeviceStatus, ReportedConfig, Topics, dump
-from shared.settings.base import SettingsError, deep_merge
+from shared.dotted import deep_merge, get_dotted, set_dotted, unset_dotted
+from shared.settings.base import SettingsError
 from shared.settings.edge import RuntimeSettings
 
 STALE_NOTE = (
@@ -71,35 +72,6 @@ def register(subs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 # Building the document.
 
 
-def set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    if not all(parts):
-        raise CtlError(f"invalid key {key!r}: expected dotted names like routing.threshold")
-    node = doc
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise CtlError(f"invalid key {key!r}: {part!r} is not a table")
-        node = child
-    node[parts[-1]] = value
-
-
-def get_dotted(doc: dict[str, Any], key: str) -> Any:
-    node: Any = doc
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def unset_dotted(doc: dict[str, Any], key: str) -> None:
-    *parents, last = key.split(".")
-    node = get_dotted(doc, ".".join(parents)) if parents else doc
-    if isinstance(node, dict):
-        node.pop(last, None)
-
-
 def leaf_keys(doc: dict[str, Any], prefix: str = "") -> list[str]:
     keys: list[str] = []
     for name, value in doc.items():
@@ -133,7 +105,10 @@ def changes_of(args: argparse.Namespace) -> tuple[dict[str, Any], int | None]:
             raise CtlError(f"expected KEY=VALUE, got {pair!r}")
         if key == "version":
             raise CtlError("set the version with --version N")
-        set_dotted(patch, key, parse_value(value))
+        try:
+            set_dotted(patch, key, parse_value(value))
+        except ValueError as exc:
+            raise CtlError(str(exc)) from None
     if not (patch or args.unset or args.replace):
         raise CtlError("nothing to set: give KEY=VALUE pairs, --file, --unset or --replace")
     if args.version is not None:

@@ -27,8 +27,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel
 
 from shared.control import DeviceStatus, PayloadError, Topics, parse
-from shared.mqtt import build_client, reply_properties, split_host_port
+from shared.mqtt import build_client, reply_properties
 from shared.names import NAME_RULE, is_plain_name
+from shared.net import split_host_port
 from shared.settings.edge import ClientTLSSettings
 
 M = TypeVar("M", bound=BaseModel)

@@ -4,11 +4,11 @@ Load them with `load_settings(EdgeSettings, config_file=..., overrides=...)`; se
 docs/configuration.md for the source order and every field.
 """
 
+from shared.dotted import deep_merge
 from shared.settings.base import (
     ComponentSettings,
     Section,
     SettingsError,
-    deep_merge,
     load_settings,
     validation_problems,
 )

@@ -5,7 +5,7 @@ Sources, highest priority first (`ComponentSettings.settings_customise_sources`)
 1. overrides: what the command line set (`load_settings(..., overrides=...)`);
 2. environment variables: the component's prefix, then the field path joined with `__`,
    e.g. `AUTOGLM_EDGE_RUNTIME__ROUTING__THRESHOLD=0.4`;
-3. the TOML config file given with `--config`;
+3. the TOML config file given with `--config` (pydantic-settings' own TOML source);
 4. the defaults written in the models.
 
 Values merge field by field: an environment variable that sets one field of a group leaves the
@@ -23,7 +23,6 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from types import MappingProxyType
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -32,8 +31,11 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    TomlConfigSettingsSource,
 )
 from pydantic_settings import SettingsError as _SourceError
+
+from shared.dotted import expand_dotted
 
 ENV_NESTED_DELIMITER = "__"
 # An environment variable with this value sets the field to None (TOML has no null).
@@ -107,20 +109,31 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-# The parsed TOML file of the load_settings call in progress (per thread / task).
-_FILE_DATA: ContextVar[Mapping[str, Any]] = ContextVar(
-    "autoglm_config_file_data", default=MappingProxyType({})
-)
+class ConfigFileSource(TomlConfigSettingsSource):
+    """pydantic-settings' TOML source, refusing a file it cannot use with a SettingsError that
+    names the file (the library itself skips a missing file and lets parse errors through)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        self.path = path
+        if not path.exists():
+            raise SettingsError(f"config file {path}: no such file")
+        if not path.is_file():
+            raise SettingsError(f"config file {path}: cannot read it: not a regular file")
+        super().__init__(settings_cls, toml_file=path)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            return super()._read_file(file_path)
+        except OSError as exc:
+            raise SettingsError(
+                f"config file {self.path}: cannot read it: {exc.strerror}"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {self.path}: not valid TOML: {exc}") from None
 
 
-class _FileSource(PydanticBaseSettingsSource):
-    """The config file's values, read by load_settings before the model is built."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _FILE_DATA.get().get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(_FILE_DATA.get())
+# The config file source of the load_settings call in progress (per thread / task).
+_CONFIG_FILE: ContextVar[ConfigFileSource | None] = ContextVar("autoglm_config_file", default=None)
 
 
 class ComponentSettings(BaseSettings):
@@ -145,7 +158,10 @@ class ComponentSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """THE source order, highest priority first; defaults come after all of them."""
-        return init_settings, env_settings, _FileSource(settings_cls)
+        config_file = _CONFIG_FILE.get()
+        if config_file is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, config_file
 
     @classmethod
     def env_name(cls, *path: str) -> str:
@@ -172,9 +188,10 @@ def load_settings(
     `overrides` holds what the command line set, as nested dicts or dotted keys
     (`{"runtime.routing.threshold": 0.4}`); None values (flags not given) are skipped.
     """
-    file_data = read_toml(config_file) if config_file is not None else {}
+    source = ConfigFileSource(cls, config_file) if config_file is not None else None
+    file_data: Mapping[str, Any] = source.toml_data if source is not None else {}
     cli = expand_dotted({k: v for k, v in (overrides or {}).items() if v is not None})
-    token = _FILE_DATA.set(MappingProxyType(file_data))
+    token = _CONFIG_FILE.set(source)
     try:
         return cls(**cli)
     except ValidationError as exc:
@@ -186,44 +203,7 @@ def load_settings(
     except _SourceError as exc:  # an environment variable that should hold JSON but does not
         raise _error(cls, config_file, [_describe_source_error(cls, exc)]) from None
     finally:
-        _FILE_DATA.reset(token)
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """The TOML file's content; SettingsError naming the file when it is missing or malformed."""
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise SettingsError(f"config file {path}: no such file") from None
-    except OSError as exc:
-        raise SettingsError(f"config file {path}: cannot read it: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"config file {path}: not valid TOML: {exc}") from None
-
-
-def expand_dotted(values: Mapping[str, Any]) -> dict[str, Any]:
-    """{"a.b": 1, "a": {"c": 2}} -> {"a": {"b": 1, "c": 2}}."""
-    result: dict[str, Any] = {}
-    for key, value in values.items():
-        *parents, leaf = key.split(".")
-        nested = {leaf: expand_dotted(value) if isinstance(value, Mapping) else value}
-        for parent in reversed(parents):
-            nested = {parent: nested}
-        result = deep_merge(result, nested)
-    return result
-
-
-def deep_merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of base with patch applied; tables merge key by key, other values replace."""
-    merged = dict(base)
-    for key, value in patch.items():
-        old = merged.get(key)
-        if isinstance(old, Mapping) and isinstance(value, Mapping):
-            merged[key] = deep_merge(old, value)
-        else:
-            merged[key] = value
-    return merged
+        _CONFIG_FILE.reset(token)
 
 
 def validation_problems(model: type[BaseModel], exc: ValidationError) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.dotted import deep_merge
 from shared.names import NAME_PATTERN, NAME_RULE, is_plain_name
 from shared.settings.base import (
     ComponentSettings,
@@ -24,7 +25,6 @@ from shared.settings.base import (
     Section,
     SettingsError,
     StrList,
-    deep_merge,
     validation_problems,
 )
 
