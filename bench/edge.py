@@ -38,6 +38,7 @@ import onnxruntime as ort
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.stack.processes import EdgeServer
+from bench.stats import percentile
 from edge.runner import OnnxDecoder
 from shared.pack.manifest import Manifest, open_pack
 from shared.rpc import inference_pb2 as pb
@@ -69,12 +70,8 @@ enabled = false
 TOK = ByteTokenizer()
 
 
-def _pct(xs: Sequence[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if xs else float("nan")
-
-
 def _ms(xs: Sequence[float]) -> dict[str, float]:
-    return {"p50_ms": 1000 * _pct(xs, 50), "p95_ms": 1000 * _pct(xs, 95)}
+    return {"p50_ms": 1000 * percentile(xs, 50), "p95_ms": 1000 * percentile(xs, 95)}
 
 
 def _greedy(max_new: int) -> SamplingParams:

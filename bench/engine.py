@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.stats import percentile
 from cloud.engine.core import EngineCore
 from cloud.engine.request import SamplingParams
 from cloud.model import weights
@@ -29,10 +30,6 @@ from shared.tokenizer import ByteTokenizer
 from toolkit.evaluate import pack_examples, proxy_decoder
 
 TOK = ByteTokenizer()
-
-
-def _pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if xs else float("nan")
 
 
 def run_closed_loop(
@@ -85,10 +82,10 @@ def run_closed_loop(
         "output_tokens": tokens,
         "seconds": elapsed,
         "tokens_per_s": tokens / elapsed,
-        "ttft_p50_ms": 1000 * _pct(ttft, 50),
-        "ttft_p99_ms": 1000 * _pct(ttft, 99),
-        "itl_p50_ms": 1000 * _pct(itl, 50),
-        "itl_p99_ms": 1000 * _pct(itl, 99),
+        "ttft_p50_ms": 1000 * percentile(ttft, 50),
+        "ttft_p99_ms": 1000 * percentile(ttft, 99),
+        "itl_p50_ms": 1000 * percentile(itl, 50),
+        "itl_p99_ms": 1000 * percentile(itl, 99),
         "steps": core.num_steps,
     }
 

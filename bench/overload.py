@@ -21,6 +21,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.stack.processes import CloudServer
+from bench.stats import ms, percentile
 from shared.rpc import inference_pb2, inference_pb2_grpc
 
 TOKEN = "bench-overload-token"
@@ -100,17 +101,14 @@ class _Tally:
     def add(self, answers: list[tuple[str, float]], floor: list[float]) -> None:
         refused = [t for code, t in answers if code == "RESOURCE_EXHAUSTED"]
         if refused:  # this flood's p99 against its own floor, measured right after it
-            self.burst_p99_ms.append(1000 * float(np.percentile(refused, 99)))
-            self.ratios.append(self.burst_p99_ms[-1] / (1000 * float(np.percentile(floor, 99))))
+            self.burst_p99_ms.append(percentile(refused, 99) * 1000)
+            self.ratios.append(self.burst_p99_ms[-1] / (percentile(floor, 99) * 1000))
         self.results += answers
         self.health += floor
 
     def summary(self) -> dict[str, Any]:
         exhausted = [t for code, t in self.results if code == "RESOURCE_EXHAUSTED"]
         ok = [t for code, t in self.results if code == "OK"]
-
-        def ms(xs: list[float], q: float) -> float | None:
-            return 1000 * float(np.percentile(xs, q)) if xs else None
 
         per_flood = self.burst_p99_ms
         return {

@@ -30,14 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without the package installed
     sys.path.insert(0, str(ROOT))
 
 from bench.overload import TOKEN, flood, flood_health  # noqa: E402
 from bench.stack.processes import CloudServer  # noqa: E402
+from bench.stats import percentile  # noqa: E402
 
 HEALTH = "/grpc.health.v1.Health/Check"
 GENERATE = "/autoglm.v1.Inference/Generate"
@@ -72,17 +71,17 @@ def h2load_p99(address: str, path: str, body: Path, n: int) -> float:
         times = [int(line.split()[2]) / 1000 for line in Path(log.name).read_text().splitlines()]
     if len(times) != n or f"{n} succeeded" not in out.stdout:
         raise RuntimeError(f"h2load did not complete {n} calls:\n{out.stdout}{out.stderr}")
-    return float(np.percentile(times, 99))
+    return percentile(times, 99)
 
 
 def python_p99(address: str, call: str, n: int) -> float:
     if call == "health":
-        return 1000 * float(np.percentile(flood_health(address, n), 99))
+        return percentile(flood_health(address, n), 99) * 1000
     results = flood(address, n, 16)
     codes = {code for code, _ in results}
     if codes != {"RESOURCE_EXHAUSTED"}:
         raise RuntimeError(f"expected every call refused, got {codes}")
-    return 1000 * float(np.percentile([t for _, t in results], 99))
+    return percentile([t for _, t in results], 99) * 1000
 
 
 def measure(pack: Path, burst: int, rounds: int) -> dict[str, list[float]]:

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import grpc
-import numpy as np
 
+from bench.stats import summary
 from shared.rpc import inference_pb2 as pb
 from shared.rpc import inference_pb2_grpc
 from toolkit import tasks
@@ -183,15 +183,6 @@ def run(
     return asyncio.run(_run(addresses, examples, chosen, mode, load, max_new_tokens, on_done))
 
 
-def percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    """Mean, p50, p95 and p99 in the values' unit (None when there are none)."""
-    if not values:
-        return {"mean": None, "p50": None, "p95": None, "p99": None}
-    a = np.asarray(values, dtype=np.float64)
-    p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"mean": float(a.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
-
-
 def summarize(outcomes: Sequence[Outcome], wall_s: float) -> dict[str, Any]:
     """Accuracy, routes, failures, latency (all and per route) and throughput of one run."""
     n = len(outcomes)
@@ -212,9 +203,9 @@ def summarize(outcomes: Sequence[Outcome], wall_s: float) -> dict[str, Any]:
         "routes": routes,
         "cloud_share": routes.get("CLOUD", 0) / n if n else 0.0,
         "edge_share": (routes.get("EDGE", 0) + routes.get("CACHE", 0)) / n if n else 0.0,
-        "latency_ms": percentiles([o.latency_ms for o in answered]),
+        "latency_ms": summary([o.latency_ms for o in answered]),
         "latency_ms_by_route": {
-            r: percentiles([o.latency_ms for o in answered if o.route == r]) for r in routes
+            r: summary([o.latency_ms for o in answered if o.route == r]) for r in routes
         },
         "throughput_rps": n / wall_s if wall_s > 0 else 0.0,
         "wall_s": wall_s,
