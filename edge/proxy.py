@@ -126,21 +126,15 @@ class ProxyHolder:
     def __init__(self, proxy: Proxy) -> None:
         self._current = proxy
         self._lock = threading.Lock()  # one swap at a time; readers take the reference as is
-        self._swaps = 0
 
     @property
     def current(self) -> Proxy:
         return self._current
 
-    @property
-    def swaps(self) -> int:
-        return self._swaps
-
     def swap(self, new: Proxy) -> Proxy:
         """Make ``new`` current; returns the previous proxy."""
         with self._lock:
             old, self._current = self._current, new
-            self._swaps += 1
         log.info("proxy swapped: %s -> %s (%s)", old.label, new.label, new.precision)
         return old
 

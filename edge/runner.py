@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class ContextLimitError(ValueError):
-    """A prompt plus its answer would need positions the model was not trained for."""
-
-
 @dataclass
 class DecodeResult:
     token_ids: list[int]  # generated tokens, EOS excluded
@@ -158,14 +154,6 @@ class OnnxDecoder:
         out: list[np.ndarray] = self.session.run(outputs, feed)
         return out
 
-    def check_fits(self, prompt_len: int, max_new_tokens: int) -> None:
-        """Refuse before the model sees a position beyond its context limit."""
-        if prompt_len + max_new_tokens > self.context_limit:
-            raise ContextLimitError(
-                f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens exceeds the proxy's "
-                f"context limit of {self.context_limit}"
-            )
-
     def generate(
         self,
         prompt_ids: Sequence[int],
@@ -181,10 +169,11 @@ class OnnxDecoder:
         Stops at EOS, at ``max_new_tokens``, when ``should_stop(tokens)`` says so (stop strings),
         or as soon as a token's probability falls below ``stop_below`` (the router's early exit:
         no edge time is spent on an answer that will be escalated). ``use_cache=False`` recomputes
-        the whole sequence at every step (the baseline of the KV-cache benchmark).
+        the whole sequence at every step (the baseline of the KV-cache benchmark). The caller
+        keeps prompt + ``max_new_tokens`` within ``context_limit``: for requests, that is the one
+        check of :func:`edge.router.plan`.
         """
         params = params or SamplingParams()
-        self.check_fits(len(prompt_ids), max_new_tokens)
         if max_new_tokens <= 0:
             return DecodeResult([], [], "length", 0)
         rng = np.random.default_rng(params.seed)

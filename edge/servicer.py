@@ -1,6 +1,6 @@
 """The edge daemon's ``Inference`` servicer: cache -> route -> proxy -> cloud -> fallback.
 
-One request, in order (DESIGN.md section 2):
+One request, in order (the request path of docs/architecture.md):
 
 1. validate at the boundary (INVALID_ARGUMENT with the reason);
 2. a deterministic request already answered -> the cached answer, route CACHE;

@@ -32,6 +32,21 @@ class Tokenizer(Protocol):
         """A JSON-serialisable description that :func:`tokenizer_from_spec` turns back into self."""
         ...
 
+    def stream_decoder(self) -> IncrementalDecoder:
+        """A decoder fed one token at a time; what it returns, joined and flushed, is
+        :meth:`decode` of all the tokens (so streaming costs O(1) a token, not O(length))."""
+        ...
+
+
+class IncrementalDecoder(Protocol):
+    def push(self, token_id: int) -> str:
+        """The text completed by this token ('' while a character is still partial)."""
+        ...
+
+    def flush(self) -> str:
+        """Whatever is left at the end, with an incomplete character replaced."""
+        ...
+
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens 0..255; PAD=256, BOS=257, EOS=258."""

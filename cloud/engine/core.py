@@ -262,7 +262,9 @@ class EngineCore:
                 break
             req.output_ids.append(t)
             new.append(t)
-            req.text = self.tokenizer.decode(req.output_ids)
+            if req.decoder is None:
+                req.decoder = self.tokenizer.stream_decoder()
+            req.text += req.decoder.push(t)
             if self._cut_at_stop(req):
                 req.status = RequestStatus.FINISHED_STOP
                 break
@@ -273,6 +275,8 @@ class EngineCore:
             req.status = RequestStatus.FINISHED_DEADLINE
         if req.is_finished:
             req.finished_at = now
+            if req.decoder is not None and req.status != RequestStatus.FINISHED_STOP:
+                req.text += req.decoder.flush()  # an unfinished character at the end, replaced
             ready = req.text
         else:
             ready = req.text[: len(req.text) - self._held_back(req)]
@@ -289,12 +293,12 @@ class EngineCore:
 
     @staticmethod
     def _held_back(req: Request) -> int:
-        """Characters at the end of the text not yet safe to stream (partial stop or character)."""
+        """Characters at the end of the text not yet safe to stream: the start of a stop string.
+        (A partly decoded character is not in the text yet: the decoder holds its bytes.)"""
         text, hold = req.text, 0
         for s in req.params.stop:
             for n in range(min(len(s) - 1, len(text)), hold, -1):
                 if text.endswith(s[:n]):
                     hold = n
                     break
-        partial = len(text) - len(text.rstrip("\ufffd"))  # an unfinished UTF-8 sequence
-        return max(hold, partial)
+        return hold

@@ -13,6 +13,7 @@ from enum import IntEnum
 import numpy as np
 
 from shared.sampling import InvalidRequest, SamplingParams, validate_request
+from shared.tokenizer import IncrementalDecoder
 
 __all__ = ["InvalidRequest", "Request", "RequestStatus", "SamplingParams", "validate_request"]
 
@@ -49,6 +50,7 @@ class Request:
     output_ids: list[int] = field(default_factory=list)  # generated tokens, EOS excluded
     token_probs: list[float] = field(default_factory=list)  # one per generated token, EOS included
     text: str = ""  # decoded output; cut before the stop string when one matched
+    decoder: IncrementalDecoder | None = field(default=None, repr=False)  # text, token by token
     emitted_text: str = ""  # the part of ``text`` already sent in TokenEvents
     draft_tokens: int = 0  # draft tokens verified (0 when the draft was ignored)
     draft_accepted: int = 0  # of those, accepted = decode steps saved

@@ -200,3 +200,31 @@ def test_final_event_carries_the_request_and_observer_sees_every_step(model: GPT
         assert req.first_token_at is not None and req.finished_at is not None
         assert req.queued_at <= req.prefill_at <= req.first_token_at <= req.finished_at
     assert seen[0] == 3 and len(seen) == core.num_steps
+
+
+class _NoWholeDecode(ByteTokenizer):
+    """A byte tokenizer whose whole-sequence decode must not be called while generating."""
+
+    def decode(self, ids: list[int]) -> str:
+        raise AssertionError("the engine decoded the whole output again")
+
+
+def test_output_text_is_decoded_incrementally_and_equals_a_whole_decode(model: GPT) -> None:
+    """Text comes from the tokenizer's incremental decoder (O(1) a token, not the whole output
+    again): streamed deltas join to the final text, which is what decoding all tokens gives,
+    multi-byte and invalid UTF-8 included (sampled bytes of an untrained model)."""
+    core = EngineCore(model, _NoWholeDecode(), EngineSettings(max_batch_size=8))
+    params = [SamplingParams(MAX_NEW, temperature=3.0, seed=s) for s in range(8)]
+    for i, p in enumerate(params):
+        core.add_request(f"r{i}", PROMPTS[i], p)
+    deltas: dict[str, list[str]] = {}
+    finals = {}
+    for events in run_all(core):
+        for e in events:
+            deltas.setdefault(e.request_id, []).append(e.text)
+            if e.request is not None:
+                finals[e.request_id] = e.request
+    assert len(finals) == 8
+    for rid, req in finals.items():
+        assert "".join(deltas[rid]) == req.text == TOK.decode(req.output_ids)
+    assert any(len(r.text.encode()) != len(r.output_ids) for r in finals.values())
