@@ -33,7 +33,7 @@ from bench.stack.loopback import Stack
 from shared.pack.manifest import read_manifest
 from shared.routing import router_report
 
-# The targets, measured with 50 ms round-trip time.
+# The targets of the hybrid system (docs/benchmarks.md), measured with 50 ms round-trip time.
 TARGETS = {
     "hybrid_accuracy_share_of_cloud_min": 0.98,
     "hybrid_cloud_share_max": 0.50,

@@ -1,10 +1,10 @@
 """``autoglm bench overload``: the real server flooded with ``factor`` x its queue bound at once.
 
 The server is started as an operator would start it (``autoglm cloud serve``, on loopback, with a
-small engine), then every request is sent at the same moment. What the issue asks of admission
-control: the requests that do not fit are refused with RESOURCE_EXHAUSTED at once (p99 of the
-time to that answer), the others are answered, and the server's memory stays bounded (resident
-set size before and after).
+small engine), then every request is sent at the same moment. What admission control must do
+(docs/cloud.md): the requests that do not fit are refused with RESOURCE_EXHAUSTED at once (p99
+of the time to that answer), the others are answered, and the server's memory stays bounded
+(resident set size before and after).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def burst(
 
     The synchronous API's futures, timed by their done-callbacks (which run on gRPC's own
     completion thread as each answer arrives): an asyncio client would note an answer only when
-    its event loop got round to that call's task, and with 160 calls in flight that wait was
-    10-15 ms of the p99 measured (docs/benchmarks.md).
+    its event loop got round to that call's task, and with many calls in flight that wait shows
+    in the p99 (the comparison is in docs/benchmarks.md).
     """
     done = [0.0] * len(requests)
 

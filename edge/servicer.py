@@ -13,7 +13,7 @@ One request, in order (the request path of docs/architecture.md):
 
 The proxy runs in a thread pool (ONNX Runtime releases the GIL) while other decodes run, so the
 event loop keeps serving; a short decode with nothing else decoding runs on the event loop (the
-thread hop would cost a third of a 1 ms decode).
+thread hop would cost a large share of a short decode; docs/benchmarks.md).
 ``GenerateStream`` sends the whole answer in one chunk with ``final`` set: the proxy's answer is
 ready in milliseconds, and a cloud answer is only final once the cloud is done.
 """
@@ -62,7 +62,7 @@ FINISH = {"eos": pb.FINISH_REASON_EOS, "length": pb.FINISH_REASON_LENGTH}
 FINISH["stop"] = pb.FINISH_REASON_STOP_STRING
 # Of an app's deadline, the share a cloud call may use: the rest is kept for the fallback.
 CLOUD_SHARE_OF_DEADLINE = 0.8
-# Longest decode run on the event loop when nothing else decodes (~0.1 ms a step on a CPU).
+# Longest decode run on the event loop when nothing else decodes (a step is short on a CPU).
 INLINE_MAX_TOKENS = 32
 
 
@@ -258,8 +258,8 @@ class EdgeInference(inference_pb2_grpc.InferenceServicer):
         self._decoding += 1
         try:
             if inline:
-                # Alone: decode on the event loop. Handing a ~1 ms decode to a worker thread and
-                # back costs ~0.3 ms; with other requests in flight, the pool lets decodes overlap.
+                # Alone: decode on the event loop (handing a short decode to a worker thread and
+                # back costs a large share of it); with others in flight, decodes overlap.
                 result = decode()
             else:
                 result = await asyncio.get_running_loop().run_in_executor(self.executor, decode)

@@ -61,8 +61,8 @@ class Stack:
             self.broker = Broker(self.workdir / "broker").start().wait_ready()
             self.say(f"broker    mosquitto on {self.broker.address}")
         # The cloud shares this machine with the edge daemons: its engine must not yield the
-        # CPU to them (engine.nice 0; with the default 10, escalated answers of the hybrid
-        # benchmark took 24% longer at p50, docs/benchmarks.md).
+        # CPU to them (engine.nice 0; the default 10 slows escalated answers of the hybrid
+        # benchmark, as docs/benchmarks.md shows).
         nice = {"AUTOGLM_CLOUD_ENGINE__NICE": os.environ.get("AUTOGLM_CLOUD_ENGINE__NICE", "0")}
         self.cloud = CloudServer(
             self.pack, self.workdir, args=["--tokens-file", str(tokens)], env=nice

@@ -3,8 +3,8 @@
 One step runs every scheduled row: the prefill rows of newly admitted requests (prompt, plus the
 edge's draft when there is one) as one batched forward, and the one-token decode rows of running
 requests as another. Two forwards rather than one padded batch: in one batch every decode row
-would compute as many columns as the longest prompt (measured with `autoglm bench cloud`: 16
-streams went from 2.9x to the figure in docs/benchmarks.md).
+would compute as many columns as the longest prompt (`autoglm bench cloud` measures the gain;
+docs/benchmarks.md).
 
 KV cache: a preallocated slot per running sequence (:mod:`cloud.engine.kv_cache`). A prefill
 writes the prompt's keys and values into a fresh slot; a decode step reads the running slots up
