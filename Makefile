@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 # Extra pip arguments, e.g. PIP_ARGS="--no-cache-dir".
 PIP_ARGS ?=
 BENCH ?= all
+# Packs the tests share, built before pytest starts (tests/conftest.py reads the same folder).
+TEST_PACKS ?= .cache/packs
 # apt-get needs root; under CI (no stdin) sudo must fail at once instead of asking a password.
 ifeq ($(shell id -u),0)
 SUDO ?=
@@ -15,10 +17,10 @@ SUDO ?= sudo$(if $(CI), -n)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv mosquitto test demo lint format proto docs bench clean
+.PHONY: help venv mosquitto test-packs test demo lint format proto docs bench clean
 
 help:  ## list the targets
-	@awk -F ':.*## ' '/^[a-z]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(firstword $(MAKEFILE_LIST))
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  %-11s %s\n", $$1, $$2 }' $(firstword $(MAKEFILE_LIST))
 
 venv: $(VENV)/.installed  ## create the virtualenv and install the project with all extras
 
@@ -40,8 +42,11 @@ mosquitto:  ## install the MQTT broker (Debian's mosquitto) unless it is already
 			apt-get install -y --no-install-recommends mosquitto mosquitto-clients; \
 	fi
 
-test: venv mosquitto  ## run all tests, including the generated-code and docs freshness checks
-	PATH="$$PATH:/usr/sbin" $(BIN)/python -m pytest -q
+test-packs: venv  ## build the quick pack the tests share (reused when its recipe was built)
+	$(BIN)/autoglm models build --quick --out $(TEST_PACKS)
+
+test: venv mosquitto test-packs  ## run all tests, including the generated-code and docs freshness checks
+	AUTOGLM_TEST_PACKS=$(TEST_PACKS) PATH="$$PATH:/usr/sbin" $(BIN)/python -m pytest -q
 
 demo: venv mosquitto  ## the whole system on loopback: broker, cloud, two edges, a mixed workload
 	PATH="$$PATH:/usr/sbin" $(BIN)/autoglm demo

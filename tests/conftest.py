@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Built packs are kept here between test sessions (same recipe -> same version -> reused).
+# Built packs are kept here between test sessions (a pack of the same recipe is reused).
+# `make test` builds the quick pack here before pytest starts (no per-test timeout on a build).
 PACK_CACHE = Path(os.environ.get("AUTOGLM_TEST_PACKS", ROOT / ".cache" / "packs"))
 
 
@@ -26,7 +27,8 @@ def pytest_runtest_makereport(
 
 @pytest.fixture(scope="session")
 def quick_pack() -> Path:
-    """The quick pack, built once per recipe (about 2 minutes on 2 cores) and reused."""
+    """The quick pack: the one `make test` built before pytest started, else built here once
+    per recipe (a few minutes on 2 cores) and reused."""
     from toolkit.build import RECIPES, build_pack
 
     return build_pack(RECIPES["quick"], PACK_CACHE)

@@ -1,7 +1,10 @@
 """Building a model pack: train the full model, distil the proxy, export, calibrate, evaluate.
 
-A recipe fixes everything a build depends on; its hash is the pack's default version, so a
-second ``autoglm models build`` with the same recipe finds the pack and reuses it.
+A pack's default version names its content: the first 12 hex digits of a hash over the model
+files (both models' weights, the ONNX proxy, the tokenizer). Training on another CPU takes other
+kernels and gives other weights, so the same recipe built on two machines gives two versions,
+never one version with two meanings. The recipe's hash is recorded in the manifest; a second
+``autoglm models build`` of the same recipe finds that pack and reuses it.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -32,6 +35,7 @@ from shared.pack.manifest import (
     check_name,
     open_pack,
     seal,
+    sha256_file,
 )
 from shared.tokenizer import ByteTokenizer
 from toolkit import tasks
@@ -99,34 +103,69 @@ def _link_latest(name_dir: Path, version: str) -> None:
     os.replace(tmp, link)
 
 
+def content_version(pack_dir: Path, files: list[str]) -> str:
+    """12 hex digits of a SHA-256 over ``files`` (names and contents) of ``pack_dir``."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(f"{rel}\0{sha256_file(pack_dir / rel)}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def find_built(name_dir: Path, recipe: Recipe) -> Path | None:
+    """A verified pack in ``name_dir`` built from ``recipe`` (``latest`` first, else the newest)."""
+    if not name_dir.is_dir():
+        return None
+    found: list[tuple[bool, str, Path]] = []
+    latest = (name_dir / "latest").resolve() if (name_dir / "latest").is_symlink() else None
+    for pack in name_dir.iterdir():
+        if pack.name.startswith(".") or pack.is_symlink() or not pack.is_dir():
+            continue
+        try:
+            manifest = open_pack(pack)
+        except PackError:
+            continue
+        if manifest.build.get("recipe_sha256") == recipe.digest():
+            found.append((pack.resolve() == latest, manifest.created, pack))
+    return max(found)[2] if found else None
+
+
 def build_pack(
     recipe: Recipe, out_root: Path, version: str | None = None, force: bool = False
 ) -> Path:
-    """Build (or reuse) ``<out_root>/<recipe.name>/<version>`` and point ``latest`` at it."""
-    version = check_name("version", version or recipe.digest()[:12])
+    """Build (or reuse) ``<out_root>/<recipe.name>/<version>`` and point ``latest`` at it.
+
+    Without ``version`` the pack is named by its content (:func:`content_version`) and a pack
+    already built from the same recipe is reused; with it, a valid pack of that version is."""
     name_dir = out_root / check_name("name", recipe.name)
-    dest = name_dir / version
-    if dest.exists() and not force:
-        try:
-            open_pack(dest)
-            log.info("reusing %s (same recipe; --force rebuilds)", dest)
-            _link_latest(name_dir, version)
-            return dest
-        except PackError as exc:
-            log.warning("rebuilding %s: %s", dest, exc)
+    if version is not None:
+        check_name("version", version)
+    if not force:
+        reuse = find_built(name_dir, recipe) if version is None else name_dir / version
+        if reuse is not None and reuse.exists():
+            try:
+                open_pack(reuse)
+                log.info("reusing %s (same recipe; --force rebuilds)", reuse)
+                _link_latest(name_dir, reuse.name)
+                return reuse
+            except PackError as exc:
+                log.warning("rebuilding %s: %s", reuse, exc)
     name_dir.mkdir(parents=True, exist_ok=True)
-    work = name_dir / f".build-{version}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    report = _build_into(work, recipe, version)
-    shutil.rmtree(dest, ignore_errors=True)
-    work.rename(dest)
-    _link_latest(name_dir, version)
-    log.info("built %s in %.0f s", dest, report["seconds"])
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=name_dir))
+    work.chmod(0o755)  # mkdtemp's 0700 would stay on the pack folder
+    try:
+        manifest = _build_into(work, recipe, version)
+        dest = name_dir / manifest.version
+        shutil.rmtree(dest, ignore_errors=True)
+        work.rename(dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _link_latest(name_dir, dest.name)
+    log.info("built %s in %.0f s", dest, manifest.build["seconds"])
     return dest
 
 
-def _build_into(work: Path, recipe: Recipe, version: str) -> dict[str, Any]:
+def _build_into(work: Path, recipe: Recipe, version: str | None) -> Manifest:
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
     tok = ByteTokenizer()
@@ -145,6 +184,8 @@ def _build_into(work: Path, recipe: Recipe, version: str) -> dict[str, Any]:
     weights.save(proxy, work / "proxy.safetensors")
     export_onnx(proxy, work / "proxy.onnx")
     (work / "tokenizer.json").write_text(json.dumps(tok.spec(), indent=2) + "\n")
+    model_files = ["full.safetensors", "proxy.safetensors", "proxy.onnx", "tokenizer.json"]
+    version = check_name("version", version or content_version(work, model_files))
 
     pc = recipe.proxy
     manifest = Manifest(
@@ -192,7 +233,7 @@ def _build_into(work: Path, recipe: Recipe, version: str) -> dict[str, Any]:
     manifest.evaluation = {k: report[k] for k in ("split", "n", "params", "router", "held_out")}
     manifest.build["seconds"] = round(time.perf_counter() - t0, 1)
     seal(work, manifest)
-    return {"seconds": manifest.build["seconds"]}
+    return manifest
 
 
 def _int8_agreement(work: Path, manifest: Manifest, recipe: Recipe) -> float:

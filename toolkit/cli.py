@@ -21,7 +21,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--quick", action="store_true", help="the small pack used by the tests (< 2 min)"
     )
-    b.add_argument("--version", help="pack version (default: the recipe's hash, so rebuilds reuse)")
+    b.add_argument(
+        "--version",
+        help="pack version (default: a hash of the model files; a pack of the same recipe is "
+        "reused)",
+    )
     b.add_argument("--force", action="store_true", help="rebuild even if the pack exists")
     b.set_defaults(handler=_build)
 
