@@ -7,6 +7,10 @@ with capped exponential delays, and a refusal of the credentials stops retrying 
 the log, no storm). The Last Will marks the device ``lost``; a clean stop publishes ``offline``.
 One handler's failure is logged and never stops the others. Topics and payloads:
 :mod:`shared.control` and docs/mqtt.md.
+
+The agent reaches the daemon only through :class:`Daemon`, the few things the control plane
+needs (status, runtime settings, install and roll back a pack, telemetry, stop), never through
+its internals; :class:`edge.server.EdgeDaemon` implements it.
 """
 
 from __future__ import annotations
@@ -15,22 +19,23 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.cloud_client import CloudError
-from edge.shadow import Doc, Scope
+from edge.metrics import WindowStats
+from edge.shadow import DesiredState, Doc, Scope
 from shared import control as c
 from shared.mqtt import Will, build_client, refused_for_good
 from shared.net import split_host_port
 from shared.pack.manifest import PackError, open_pack
-
-if TYPE_CHECKING:
-    from edge.server import EdgeDaemon
+from shared.settings.edge import EdgeSettings, RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +50,65 @@ def _software() -> str:
         return "dev"
 
 
+@dataclass(frozen=True)
+class RunningModel:
+    """The pack a daemon serves, as status and telemetry report it."""
+
+    name: str
+    version: str
+    precision: str  # "fp32" or "int8"
+    providers: list[str]  # ONNX Runtime execution providers in use
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+class Daemon(Protocol):
+    """What the control plane needs of an edge daemon."""
+
+    @property
+    def settings(self) -> EdgeSettings: ...
+
+    @property
+    def desired(self) -> DesiredState:
+        """The device shadow: desired documents in force and the settings they give."""
+        ...
+
+    @property
+    def runtime(self) -> RuntimeSettings: ...
+
+    def uptime_s(self) -> float: ...
+
+    def running(self) -> RunningModel: ...
+
+    def apply_runtime(self, runtime: RuntimeSettings) -> None:
+        """Apply new runtime settings at once."""
+        ...
+
+    async def fetch_pack(self, name: str, version: str) -> Path:
+        """Download and verify an announced pack into the daemon's pack store."""
+        ...
+
+    async def swap_pack(self, pack_dir: Path) -> object:
+        """Load, self-test and switch to a pack; PackError keeps the running one."""
+        ...
+
+    async def rollback(self) -> object:
+        """Switch back to the pack before the last swap; PackError when there is none."""
+        ...
+
+    def drain_telemetry(self) -> WindowStats:
+        """The request statistics since the last call."""
+        ...
+
+    def stop(self) -> None: ...
+
+
 class EdgeAgent:
     """Connects one daemon to the control plane."""
 
-    def __init__(self, daemon: EdgeDaemon, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, daemon: Daemon, loop: asyncio.AbstractEventLoop) -> None:
         self.daemon = daemon
         self.loop = loop
         s = daemon.settings
@@ -175,17 +235,15 @@ class EdgeAgent:
         if not ann.targets(self.device_id):
             return
         async with self._lock:
-            running = self.daemon.proxies.current
-            if (running.manifest.name, running.version) == (ann.name, ann.version):
+            running = self.daemon.running()
+            if (running.name, running.version) == (ann.name, ann.version):
                 self._model_report(ann, "applied", "already running")
                 return
             if (ann.name, ann.version) in self._failed:
                 return  # reported already; a new announcement (or version) is needed
             self._model_report(ann, "downloading", "")
             try:
-                dest = await self.daemon.cloud.fetch_pack(
-                    ann.name, ann.version, self.daemon.history.packs_dir
-                )
+                dest = await self.daemon.fetch_pack(ann.name, ann.version)
                 _check_announced(ann, dest)
                 await self.daemon.swap_pack(dest)
             except (PackError, CloudError, OSError) as exc:
@@ -201,12 +259,12 @@ class EdgeAgent:
         try:
             c.parse(c.Command, payload or b"{}")
             if name == "ping":
-                data = {"uptime_s": round(time.monotonic() - self.daemon.started, 1)}
+                data = {"uptime_s": round(self.daemon.uptime_s(), 1)}
                 data |= self.status("online").model_dump(include={"pack", "providers"})
             elif name == "rollback":
                 async with self._lock:
-                    proxy = await self.daemon.rollback()
-                detail = f"now running {proxy.label}"
+                    await self.daemon.rollback()
+                detail = f"now running {self.daemon.running().label}"
                 self._publish(self.topics.status, self.status("online"), retain=True)
             elif name == "drain":
                 detail = "draining: requests in flight finish, then the daemon stops"
@@ -231,14 +289,14 @@ class EdgeAgent:
     # -- outgoing --------------------------------------------------------------------------------
 
     def status(self, state: str) -> c.DeviceStatus:
-        proxy = self.daemon.proxies.current
+        model = self.daemon.running()
         return c.DeviceStatus(
             state=state,  # type: ignore[arg-type]
             device_id=self.device_id,
             fleet=self.topics.fleet,
-            pack=proxy.label,
-            precision=proxy.precision,
-            providers=proxy.decoder.active_providers,
+            pack=model.label,
+            precision=model.precision,
+            providers=model.providers,
             fleet_version=self.daemon.desired.version("fleet"),
             device_version=self.daemon.desired.version("device"),
             software=_software(),
@@ -264,7 +322,7 @@ class EdgeAgent:
             version=ann.version,
             status=status,  # type: ignore[arg-type]
             detail=detail,
-            running=self.daemon.proxies.current.label,
+            running=self.daemon.running().label,
         )
         self._publish(self.topics.models_reported, report, retain=True)
 
@@ -279,10 +337,10 @@ class EdgeAgent:
             if time.monotonic() - last < self.daemon.runtime.telemetry.interval_s:
                 continue
             last = time.monotonic()
-            stats = self.daemon.metrics.window.drain()
+            stats = self.daemon.drain_telemetry()
             if not self.client.is_connected():
                 continue
-            proxy = self.daemon.proxies.current
+            model = self.daemon.running()
             message = c.Telemetry(
                 device_id=self.device_id,
                 interval_s=self.daemon.runtime.telemetry.interval_s,
@@ -293,8 +351,8 @@ class EdgeAgent:
                 cache_hits=stats.requests.get("cache", 0),
                 cloud_errors=stats.cloud_errors,
                 latency_ms=stats.latency_ms,
-                providers=proxy.decoder.active_providers,
-                pack=proxy.label,
+                providers=model.providers,
+                pack=model.label,
                 fleet_version=self.daemon.desired.version("fleet"),
                 device_version=self.daemon.desired.version("device"),
             )
@@ -310,7 +368,7 @@ def _version_in(payload: bytes) -> int:
     return v if isinstance(v, int) else 0
 
 
-def _check_announced(ann: c.ModelAnnouncement, dest: Any) -> None:
+def _check_announced(ann: c.ModelAnnouncement, dest: Path) -> None:
     """The fetched pack must be exactly the announced one: name, version, every file's hash."""
     manifest = open_pack(dest)
     if (manifest.name, manifest.version) != (ann.name, ann.version):

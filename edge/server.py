@@ -21,9 +21,9 @@ from pathlib import Path
 
 import grpc
 
-from edge.agent import EdgeAgent
+from edge.agent import EdgeAgent, RunningModel
 from edge.cloud_client import CloudClient
-from edge.metrics import EdgeMetrics
+from edge.metrics import EdgeMetrics, WindowStats
 from edge.pack_history import PackHistory
 from edge.proxy import Proxy, ProxyHolder, load_proxy
 from edge.servicer import EdgeInference
@@ -85,6 +85,24 @@ class EdgeDaemon:
     @property
     def runtime(self) -> RuntimeSettings:
         return self.inference.runtime
+
+    # -- what the control plane uses (edge.agent.Daemon) ---------------------------------------
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def running(self) -> RunningModel:
+        proxy = self.proxies.current
+        return RunningModel(
+            proxy.manifest.name, proxy.version, proxy.precision, proxy.decoder.active_providers
+        )
+
+    async def fetch_pack(self, name: str, version: str) -> Path:
+        """Download and verify ``name/version`` into the pack store (the state folder)."""
+        return await self.cloud.fetch_pack(name, version, self.history.packs_dir)
+
+    def drain_telemetry(self) -> WindowStats:
+        return self.metrics.window.drain()
 
     def apply_runtime(self, runtime: RuntimeSettings) -> None:
         """Apply new runtime settings at once (the control plane calls this)."""
