@@ -126,11 +126,21 @@ def dataset(
     return out
 
 
-def stream(seed: int, families: tuple[str, ...], split: Split = "train") -> Iterator[Example]:
-    """An endless, seeded stream of training examples: families uniform, tiers by TIER_WEIGHTS."""
+def stream(
+    seed: int,
+    families: tuple[str, ...],
+    split: Split = "train",
+    tiers: tuple[int, ...] = TIERS,
+) -> Iterator[Example]:
+    """An endless, seeded stream of training examples: families uniform, ``tiers`` weighted as
+    in TIER_WEIGHTS."""
     rng = random.Random(f"{seed}:{split}:stream")
+    weights = [w for t, w in zip(TIERS, TIER_WEIGHTS, strict=True) if t in tiers]
+    chosen = [t for t in TIERS if t in tiers]
+    if not chosen:
+        raise ValueError(f"no tier of {TIERS} in {tiers}")
     while True:
-        tier = rng.choices(TIERS, weights=TIER_WEIGHTS)[0]
+        tier = rng.choices(chosen, weights=weights)[0]
         yield sample(rng, rng.choice(families), tier, split)
 
 

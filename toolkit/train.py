@@ -34,6 +34,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
+    tiers: tuple[int, ...] = (1, 2, 3)  # the difficulty tiers the batches are drawn from
     # distillation only
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the soft-target term; (1 - alpha) on the hard labels
@@ -80,7 +81,7 @@ def task_batches(
     tok: ByteTokenizer, cfg: TrainConfig, families: tuple[str, ...], noise_share: float = 0.0
 ) -> Iterator[Batch]:
     """Endless seeded batches from the train split, with optional outlier-exposure rows."""
-    examples = tasks.stream(cfg.seed, families)
+    examples = tasks.stream(cfg.seed, families, tiers=cfg.tiers)
     rng = random.Random(f"{cfg.seed}:noise")
     n_noise = round(cfg.batch_size * noise_share)
     while True:
