@@ -69,16 +69,19 @@ def heading(text: str) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the demo the way Ctrl-C does: through the clean-up path."""
+    """SIGTERM stops the demo the way Ctrl-C does: through the clean-up path. SIGINT does so
+    too even when the demo was started with it ignored (a background job of a shell)."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, handler)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def ensure_pack(args: argparse.Namespace) -> Path:
