@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import replace
@@ -37,6 +36,7 @@ from edge.cloud_client import CloudClient, CloudError, CloudRejected
 from edge.metrics import EdgeMetrics
 from edge.proxy import Proxy, ProxyHolder
 from edge.runner import DecodeResult
+from shared.request_ids import new_request_id, request_label
 from shared.rpc import inference_pb2 as pb
 from shared.rpc import inference_pb2_grpc
 from shared.sampling import (
@@ -134,7 +134,7 @@ class EdgeInference(inference_pb2_grpc.InferenceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GenerateResponse:
         """The answer, or the call aborted with the status code that says why."""
-        rid = request.request_id or uuid.uuid4().hex
+        rid = request_label(request.request_id)  # the app's label, for logs and the echo
         t = Timings()
         self.metrics.in_flight.inc()
         route, status = "none", "ok"
@@ -149,8 +149,7 @@ class EdgeInference(inference_pb2_grpc.InferenceServicer):
         except CloudError as exc:  # rejected by the cloud, or failed with fallback = fail
             status = exc.code.name.lower()
             log.info("%s: %s: %s", rid, exc.code.name, exc, extra={"request_id": rid})
-            detail = str(exc) if rid in str(exc) else f"{exc} (request {rid})"
-            await context.abort(exc.code, f"cloud: {detail}")
+            await context.abort(exc.code, f"cloud: {exc} (request {rid})")
         except asyncio.CancelledError:
             status = "cancelled"
             raise
@@ -303,8 +302,10 @@ class EdgeInference(inference_pb2_grpc.InferenceServicer):
         proxy: Proxy,
         draft: DecodeResult | None,
     ) -> pb.GenerateRequest:
+        cloud_id = new_request_id()  # never the app's id: the cloud is shared by many devices
+        log.debug("%s: escalated as %s", rid, cloud_id, extra={"request_id": rid})
         wire = pb.GenerateRequest(
-            request_id=rid,
+            request_id=cloud_id,
             prompt=request.prompt,
             sampling=sampling_to_wire(params),
             priority=request.priority,

@@ -19,6 +19,14 @@ class InvalidRequest(ValueError):
     """A request refused before any model runs (maps to INVALID_ARGUMENT)."""
 
 
+# The ranges of the numeric sampling parameters (docs/grpc.md). A temperature below
+# GREEDY_BELOW is greedy decoding (as in vLLM): dividing logits by it would overflow.
+MAX_TEMPERATURE = 100.0
+GREEDY_BELOW = 1e-5
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+
+
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 0  # 0 = the server's default
@@ -34,10 +42,14 @@ class SamplingParams:
 
 
 def sampling_from_wire(s: inference_pb2.SamplingParams) -> SamplingParams:
-    """Sampling parameters from the wire's (0 = default, as the proto says)."""
+    """Sampling parameters from the wire's (0 = default, as the proto says); a temperature in
+    (0, GREEDY_BELOW) becomes 0 (greedy)."""
+    temperature = s.temperature
+    if 0 < temperature < GREEDY_BELOW:
+        temperature = 0.0
     return SamplingParams(
         max_new_tokens=s.max_new_tokens,
-        temperature=s.temperature,
+        temperature=temperature,
         top_p=s.top_p if s.top_p != 0 else 1.0,
         seed=s.seed if s.HasField("seed") else None,
         stop=list(s.stop),
@@ -68,12 +80,19 @@ def validate_params(params: SamplingParams, *, max_new_tokens_limit: int) -> Non
         raise InvalidRequest(
             f"max_new_tokens {params.max_new_tokens} exceeds the limit {max_new_tokens_limit}"
         )
-    if params.temperature < 0:
-        raise InvalidRequest(f"temperature must be >= 0, got {params.temperature}")
-    if not 0.0 < params.top_p <= 1.0:
+    t = params.temperature
+    if not (t == 0 or GREEDY_BELOW <= t <= MAX_TEMPERATURE):  # also refuses NaN
+        raise InvalidRequest(
+            f"temperature must be 0 (greedy) or in [{GREEDY_BELOW:g}, {MAX_TEMPERATURE:g}], got {t}"
+        )
+    if not 0.0 < params.top_p <= 1.0:  # also refuses NaN
         raise InvalidRequest(f"top_p must be in (0, 1], got {params.top_p}")
     if any(not s for s in params.stop):
         raise InvalidRequest("stop strings must not be empty")
+    if len(params.stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in params.stop):
+        raise InvalidRequest(
+            f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_CHARS} characters"
+        )
 
 
 def validate_request(

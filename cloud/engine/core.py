@@ -26,6 +26,7 @@ streamed text) stop just before it, while ``output_ids`` keep every generated to
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ from cloud.model.gpt import GPT
 from shared.sampling import first_stop, pick_token
 from shared.settings.cloud import EngineSettings
 from shared.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -153,14 +156,66 @@ class EngineCore:
         for rows, run in ((sched.prefill, self._prefill), (sched.decode, self._decode)):
             if not rows:
                 continue
-            picks = self._pick(rows, run(rows))
+            done, failed = self._run_isolated(rows, run)
             now = time.monotonic()
-            for req, (tokens, probs) in zip(rows, picks, strict=True):
+            for req, exc in failed:
+                events.append(self._fail(req, exc, now))
+            for req, tokens, probs in done:
                 events.append(self._update(req, tokens, probs, now))
                 if req.is_finished:
                     self._release(req)
                     self.scheduler.finish(req)
         return events
+
+    def _run_isolated(
+        self, rows: list[Request], run: Callable[[list[Request]], torch.Tensor]
+    ) -> tuple[list[tuple[Request, list[int], list[float]]], list[tuple[Request, Exception]]]:
+        """Forward and pick for ``rows``; when that fails, each row again on its own, so that a
+        request that breaks the step fails alone and its neighbours go on. Returns the rows
+        done (with their tokens and probabilities) and the rows failed (with the error). The
+        retry costs time only after a failure; a forward that raised changed no state (slots
+        are taken, and lengths advanced, only after it)."""
+        failed: list[tuple[Request, Exception]] = []
+        try:
+            parts = [(rows, run(rows))]
+        except Exception as exc:
+            if len(rows) == 1:
+                return [], [(rows[0], exc)]
+            parts = []
+            for r in rows:
+                try:
+                    parts.append(([r], run([r])))
+                except Exception as row_exc:
+                    failed.append((r, row_exc))
+        done: list[tuple[Request, list[int], list[float]]] = []
+        for group, out in parts:
+            try:
+                picks = self._pick(group, out)
+            except Exception:
+                picks = []
+                for i, r in enumerate(group):
+                    try:
+                        picks.append(self._pick([r], out[i : i + 1])[0])
+                    except Exception as row_exc:
+                        picks.append(([], []))
+                        failed.append((r, row_exc))
+            failed_now = {id(f) for f, _ in failed}
+            done += [
+                (r, toks, probs)
+                for r, (toks, probs) in zip(group, picks, strict=True)
+                if id(r) not in failed_now
+            ]
+        return done, failed
+
+    def _fail(self, req: Request, exc: Exception, now: float) -> TokenEvent:
+        """Finish ``req`` with FINISHED_ERROR: its slot is freed, its caller told why."""
+        req.status = RequestStatus.FINISHED_ERROR
+        req.error = f"{type(exc).__name__}: {exc}"
+        req.finished_at = now
+        log.error("engine: request %s failed alone in a step: %s", req.request_id, req.error)
+        self._release(req)
+        self.scheduler.finish(req)
+        return TokenEvent(req.request_id, [], status=req.status, request=req)
 
     def _release(self, req: Request) -> None:
         if req.slot is not None:
@@ -180,10 +235,15 @@ class EngineCore:
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         dev = self.device
         out, presents = self.model(ids.to(dev), mask.to(dev), pos.to(dev))  # [B, T, V]
-        for i, (req, new) in enumerate(zip(rows, new_ids, strict=True)):
-            req.slot = self.cache.acquire()
-            self.cache.write_prefix(req.slot, presents, i, slice(T - len(new), T))
-            req.cache_len = len(new)
+        try:
+            for i, (req, new) in enumerate(zip(rows, new_ids, strict=True)):
+                req.slot = self.cache.acquire()
+                self.cache.write_prefix(req.slot, presents, i, slice(T - len(new), T))
+                req.cache_len = len(new)
+        except Exception:  # leave no slot taken: the rows may be run again, one by one
+            for req in rows:
+                self._release(req)
+            raise
         return out
 
     def _decode(self, rows: list[Request]) -> torch.Tensor:

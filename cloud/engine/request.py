@@ -28,6 +28,7 @@ class RequestStatus(IntEnum):
     FINISHED_STOP = 4
     FINISHED_ABORTED = 5
     FINISHED_DEADLINE = 6
+    FINISHED_ERROR = 7  # this request (alone) made a step fail; ``Request.error`` says why
 
     @property
     def is_finished(self) -> bool:
@@ -51,6 +52,7 @@ class Request:
     token_probs: list[float] = field(default_factory=list)  # one per generated token, EOS included
     text: str = ""  # decoded output; cut before the stop string when one matched
     decoder: IncrementalDecoder | None = field(default=None, repr=False)  # text, token by token
+    error: str = ""  # why the engine failed this request (status FINISHED_ERROR)
     emitted_text: str = ""  # the part of ``text`` already sent in TokenEvents
     draft_tokens: int = 0  # draft tokens verified (0 when the draft was ignored)
     draft_accepted: int = 0  # of those, accepted = decode steps saved

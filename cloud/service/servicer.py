@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, cast
@@ -30,6 +29,7 @@ from cloud.engine import (
     TokenEvent,
 )
 from cloud.service.metrics import ServiceMetrics
+from shared.request_ids import new_request_id, request_label
 from shared.rpc import inference_pb2, inference_pb2_grpc
 from shared.sampling import require_prompt, sampling_from_wire
 
@@ -114,14 +114,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         except QueueFull as exc:
             code = STATUS_OF[QueueFull]
             self.metrics.refused(code.name.lower())
-            await context.abort(code, f"{exc} (request {request.request_id or 'without id'})")
+            label = request_label(request.request_id) if request.request_id else "without id"
+            await context.abort(code, f"{exc} (request {label})")
 
     async def _chunks(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncGenerator[inference_pb2.GenerateChunk, None]:
         """One chunk per engine event; the last carries ``final``. Errors abort the call."""
         start = time.monotonic()
-        rid = request.request_id or uuid.uuid4().hex
+        rid = request_label(request.request_id)  # the caller's label, for logs and the echo
+        engine_id = new_request_id()  # the engine's key: unique, whatever callers send
         status = "error"
         tokens: list[int] = []
         text: list[str] = []
@@ -143,10 +145,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 len(request.prompt),
                 len(kwargs["draft_ids"]),
                 request.device_id,
-                extra={"request_id": rid, "device_id": request.device_id},
+                extra={"request_id": rid, "engine_id": engine_id, "device_id": request.device_id},
             )
             last_at = start
-            submitted = self.engine.submit(rid, request.prompt, **kwargs)
+            submitted = self.engine.submit(engine_id, request.prompt, **kwargs)
             async with aclosing(cast(AsyncGenerator[TokenEvent, None], submitted)) as events:
                 async for event in events:
                     now = time.monotonic()
@@ -160,6 +162,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     text.append(event.text)
                     if event.status == RequestStatus.FINISHED_DEADLINE:
                         raise DeadlineExpired("the deadline passed before the answer was ready")
+                    if event.status == RequestStatus.FINISHED_ERROR and event.request is not None:
+                        raise EngineFailed(
+                            f"the engine failed on this request: {event.request.error}"
+                        )
                     chunk = pb.GenerateChunk(
                         request_id=rid, text_delta=event.text, token_ids=event.token_ids
                     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cloud.engine import EngineCore, RequestStatus, SamplingParams, TokenEvent
+from cloud.engine import EngineCore, InvalidRequest, RequestStatus, SamplingParams, TokenEvent
 from cloud.model.gpt import GPT, GPTConfig
 from shared.settings.cloud import EngineSettings
 from shared.tokenizer import ByteTokenizer
@@ -228,3 +228,39 @@ def test_output_text_is_decoded_incrementally_and_equals_a_whole_decode(model: G
     for rid, req in finals.items():
         assert "".join(deltas[rid]) == req.text == TOK.decode(req.output_ids)
     assert any(len(r.text.encode()) != len(r.output_ids) for r in finals.values())
+
+
+def test_a_request_that_breaks_a_step_fails_alone_and_its_neighbours_finish(
+    model: GPT, reference: dict[str, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault in one row's sampling (injected) fails that request with FINISHED_ERROR and the
+    reason; the seven others in the same batch give offline greedy's answers."""
+    core = make_core(model, max_batch_size=8)
+    real = EngineCore._sample
+
+    def sample(req: object, logits: torch.Tensor) -> tuple[list[int], list[float]]:
+        if getattr(req, "request_id", "") == "bad":
+            raise FloatingPointError("probabilities contain NaN")
+        return real(req, logits)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(EngineCore, "_sample", staticmethod(sample))
+    for i, p in enumerate(PROMPTS[:7]):
+        core.add_request(f"r{i}", p, SamplingParams(MAX_NEW))
+    core.add_request("bad", "hello", SamplingParams(MAX_NEW, temperature=1.0, seed=0))
+    finals = {e.request_id: e.request for step in run_all(core) for e in step if e.request}
+    bad = finals.pop("bad")
+    assert bad is not None and bad.status == RequestStatus.FINISHED_ERROR
+    assert "NaN" in bad.error
+    assert {rid: r.output_ids for rid, r in finals.items() if r is not None} == {
+        f"r{i}": reference[p] for i, p in enumerate(PROMPTS[:7])
+    }
+    assert core.cache.free_slots == 8  # every slot given back, the failed request's too
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -1.0, 1e6, float("-inf")])
+def test_temperatures_that_would_break_a_step_are_refused_before_it(
+    model: GPT, temperature: float
+) -> None:
+    core = make_core(model)
+    with pytest.raises(InvalidRequest, match="temperature"):
+        core.add_request("x", "hi", SamplingParams(MAX_NEW, temperature=temperature))
