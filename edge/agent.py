@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 PUBLISH_WAIT_S = 2.0
 TELEMETRY_TICK_S = 0.25
+# Quiet time after an applied document before the agent subscribes to the desired topics again:
+# the broker then re-sends the retained documents, so a device that missed messages in a burst
+# (the broker drops what a slow client cannot take) ends on the retained version.
+RESYNC_QUIET_S = 1.0
 
 
 def _software() -> str:
@@ -117,6 +121,7 @@ class EdgeAgent:
         self._lock = asyncio.Lock()  # one configuration or model change at a time
         self._failed: set[tuple[str, str]] = set()  # announced packs that failed here
         self._telemetry: asyncio.Task[None] | None = None
+        self._resync: asyncio.TimerHandle | None = None
         password = s.mqtt.password.get_secret_value() if s.mqtt.password else None
         self.client = build_client(
             f"autoglm-edge-{s.fleet}-{s.device_id}",
@@ -143,6 +148,8 @@ class EdgeAgent:
         """Publish ``offline`` (when connected), disconnect, stop the network thread."""
         if self._telemetry is not None:
             self._telemetry.cancel()
+        if self._resync is not None:
+            self._resync.cancel()
         if self.client.is_connected():
             info = self._publish(self.topics.status, self.status("offline"), retain=True)
             await asyncio.to_thread(info.wait_for_publish, PUBLISH_WAIT_S)
@@ -208,7 +215,15 @@ class EdgeAgent:
             state = self.daemon.desired
             proposal = state.propose(scope, Doc(doc.version, doc.patch()))
             if proposal is None:
-                log.info("MQTT: %s config v%d is not newer: ignored", scope, doc.version)
+                in_force = state.version(scope)
+                if doc.version == in_force:  # a retained document delivered again
+                    log.debug("MQTT: %s config v%d is in force already", scope, doc.version)
+                    return
+                log.info(
+                    "MQTT: %s config v%d is older than v%d: refused", scope, doc.version, in_force
+                )
+                detail = f"version {doc.version} is older than v{in_force} in force"
+                self._report(scope, doc.version, 400, detail, [f"version: {detail}"])
                 return
             if proposal.settings is None:
                 self._report(scope, doc.version, 400, "rejected", proposal.errors)
@@ -225,6 +240,20 @@ class EdgeAgent:
             log.info("MQTT: applied %s config v%d", scope, doc.version)
             self._report(scope, doc.version, 200, "applied", [])
             self._publish(self.topics.status, self.status("online"), retain=True)
+            self._schedule_resync()
+
+    def _schedule_resync(self) -> None:
+        """After RESYNC_QUIET_S without another applied document, ask the broker for the
+        retained desired documents again (MQTT 5 re-sends them on a repeated SUBSCRIBE)."""
+        if self._resync is not None:
+            self._resync.cancel()
+        self._resync = self.loop.call_later(RESYNC_QUIET_S, self._subscribe_desired)
+
+    def _subscribe_desired(self) -> None:
+        self._resync = None
+        if self.client.is_connected():
+            t = self.topics
+            self.client.subscribe([(t.fleet_desired, 1), (t.device_desired, 1)])
 
     async def _announce(self, payload: bytes) -> None:
         try:

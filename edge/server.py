@@ -28,6 +28,7 @@ from edge.pack_history import PackHistory
 from edge.proxy import Proxy, ProxyHolder, load_proxy
 from edge.servicer import EdgeInference
 from edge.shadow import DesiredState
+from shared.files import StateWriter
 from shared.pack.manifest import PackError
 from shared.rpc import INFERENCE_SERVICE, inference_pb2_grpc
 from shared.serving import (
@@ -51,7 +52,8 @@ class EdgeDaemon:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
-        self.desired = DesiredState(settings.runtime, settings.state_dir)
+        self.state_writer = StateWriter("edge-state")
+        self.desired = DesiredState(settings.runtime, settings.state_dir, self.state_writer)
         runtime = self.desired.load()  # the last applied configuration, broker or not
         self.history = PackHistory(settings.state_dir)
         self.proxies = ProxyHolder(self._startup_proxy())
@@ -211,5 +213,6 @@ class EdgeDaemon:
                 loop.remove_signal_handler(signal.SIGHUP)
             await server.stop(STOP_GRACE_S)
             await self.cloud.close()
+            await asyncio.to_thread(self.state_writer.flush)
             self.executor.shutdown(wait=False, cancel_futures=True)
             log.info("edge stopped")

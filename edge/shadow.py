@@ -5,7 +5,9 @@ document, then the device's (the device wins): removing a key from a document re
 value the daemon started with, and the order in which documents arrive does not matter. A
 document applies only when its version is newer than the one of the same scope in force; an
 invalid one changes nothing. What is in force is written to ``<state_dir>/config.json``
-(atomically) and read at the next start, so a device restarts with it even with no broker.
+(atomically) and read at the next start, so a device restarts with it even with no broker. The
+daemon hands that write to a :class:`~shared.files.StateWriter` thread: the event loop never
+waits for the disk, and a burst of documents costs one write.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.files import write_json_atomic
+from shared.files import StateWriter, write_json_atomic
 from shared.settings.base import SettingsError
 from shared.settings.edge import RuntimeSettings
 
@@ -45,8 +47,12 @@ class Proposal:
 class DesiredState:
     """The documents in force and the settings they give."""
 
-    def __init__(self, base: RuntimeSettings, state_dir: Path) -> None:
+    def __init__(
+        self, base: RuntimeSettings, state_dir: Path, writer: StateWriter | None = None
+    ) -> None:
+        """``writer``: write the state from that thread; None writes before commit returns."""
         self.base = base
+        self.writer = writer
         self.path = state_dir / CONFIG_FILE
         self.docs: dict[Scope, Doc | None] = {"fleet": None, "device": None}
         self.effective = base
@@ -74,17 +80,19 @@ class DesiredState:
         return Proposal(scope, doc, settings, [])
 
     def commit(self, proposal: Proposal) -> None:
-        """Make an accepted proposal the state in force and persist it (OSError on failure,
-        with nothing changed)."""
+        """Make an accepted proposal the state in force and persist it. Without a writer an
+        OSError leaves nothing changed; with one, a failed write is logged by the writer and
+        the state stays in force in memory."""
         assert proposal.settings is not None, "only an accepted proposal can be committed"
         docs = {**self.docs, proposal.scope: proposal.doc}
-        write_json_atomic(
-            self.path,
-            {
-                s: None if d is None else {"version": d.version, "patch": d.patch}
-                for s, d in docs.items()
-            },
-        )
+        data = {
+            s: None if d is None else {"version": d.version, "patch": d.patch}
+            for s, d in docs.items()
+        }
+        if self.writer is None:
+            write_json_atomic(self.path, data)
+        else:
+            self.writer.write(self.path, data)
         self.docs, self.effective = docs, proposal.settings
 
     def load(self) -> RuntimeSettings:

@@ -21,6 +21,7 @@ topic (under ``autoglm/v1/<fleet>/``)   direction   retained  payload
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Literal, TypeVar
 
@@ -32,6 +33,10 @@ PREFIX = "autoglm/v1"
 M = TypeVar("M", bound=BaseModel)
 # Largest payload an agent reads; bigger ones are refused before JSON parsing.
 MAX_PAYLOAD_BYTES = 64 * 1024
+# Deepest nesting of objects and arrays a payload may have (checked before it is parsed).
+MAX_DEPTH = 16
+# Highest desired-document version: a version beyond it would lock out every later document.
+MAX_VERSION = 2**31 - 1
 COMMANDS = ("ping", "drain", "rollback")
 
 
@@ -92,7 +97,9 @@ class DesiredConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
-    version: int = Field(ge=1, description="applied only when newer than the applied one")
+    version: int = Field(
+        ge=1, le=MAX_VERSION, description="applied only when newer than the applied one"
+    )
 
     def patch(self) -> dict[str, Any]:
         """The settings part of the document (everything but ``version``)."""
@@ -176,10 +183,28 @@ class CommandReply(_Payload):
     ts: float = Field(default_factory=now)
 
 
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = {ord("{"): 1, ord("["): 1, ord("}"): -1, ord("]"): -1}
+
+
+def nesting_depth(payload: bytes) -> int:
+    """How deep objects and arrays nest in a JSON text (strings skipped), without parsing it."""
+    depth = deepest = 0
+    for byte in _STRING.sub(b"", payload):
+        step = _BRACKETS.get(byte)
+        if step is not None:
+            depth += step
+            deepest = max(deepest, depth)
+    return deepest
+
+
 def parse(model: type[M], payload: bytes) -> M:
     """Validate a payload; PayloadError with one line per problem (field: message)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES} bytes")
+    depth = nesting_depth(payload)
+    if depth > MAX_DEPTH:
+        raise PayloadError(f"payload nests {depth} levels deep; at most {MAX_DEPTH} are allowed")
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:
