@@ -102,6 +102,10 @@ class Daemon(Protocol):
         """Switch back to the pack before the last swap; PackError when there is none."""
         ...
 
+    async def discard_pack(self, pack_dir: Path) -> None:
+        """Remove a fetched pack that a failed roll-out left, unless it is in use."""
+        ...
+
     def drain_telemetry(self) -> WindowStats:
         """The request statistics since the last call."""
         ...
@@ -119,7 +123,9 @@ class EdgeAgent:
         self.device_id = s.device_id
         self.topics = c.Topics(s.fleet, s.device_id)
         self._lock = asyncio.Lock()  # one configuration or model change at a time
-        self._failed: set[tuple[str, str]] = set()  # announced packs that failed here
+        # Announcements that failed here, by name, version and announced files: the same one
+        # delivered again is not retried; a corrected one (other files) is.
+        self._failed: set[tuple[str, str, str]] = set()
         self._telemetry: asyncio.Task[None] | None = None
         self._resync: asyncio.TimerHandle | None = None
         password = s.mqtt.password.get_secret_value() if s.mqtt.password else None
@@ -268,16 +274,20 @@ class EdgeAgent:
             if (running.name, running.version) == (ann.name, ann.version):
                 self._model_report(ann, "applied", "already running")
                 return
-            if (ann.name, ann.version) in self._failed:
-                return  # reported already; a new announcement (or version) is needed
+            key = (ann.name, ann.version, _files_key(ann))
+            if key in self._failed:
+                return  # reported already; a corrected announcement (or version) is needed
             self._model_report(ann, "downloading", "")
+            dest: Path | None = None
             try:
                 dest = await self.daemon.fetch_pack(ann.name, ann.version)
                 _check_announced(ann, dest)
                 await self.daemon.swap_pack(dest)
             except (PackError, CloudError, OSError) as exc:
-                self._failed.add((ann.name, ann.version))
+                self._failed.add(key)
                 log.error("roll-out of %s/%s failed: %s", ann.name, ann.version, exc)
+                if dest is not None:  # what was downloaded goes, so that a retry fetches again
+                    await self.daemon.discard_pack(dest)
                 self._model_report(ann, "failed", str(exc))
                 return
             self._model_report(ann, "applied", "")
@@ -395,6 +405,10 @@ def _version_in(payload: bytes) -> int:
     except (ValueError, AttributeError):
         return 0
     return v if isinstance(v, int) else 0
+
+
+def _files_key(ann: c.ModelAnnouncement) -> str:
+    return json.dumps({k: v.model_dump() for k, v in sorted(ann.files.items())})
 
 
 def _check_announced(ann: c.ModelAnnouncement, dest: Path) -> None:

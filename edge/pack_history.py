@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from shared.files import write_json_atomic
@@ -32,6 +33,20 @@ class PackHistory:
             pass
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.warning("ignoring %s: %s", self.path, exc)
+
+    def in_use(self, pack_dir: Path) -> bool:
+        """The pack is the current or the previous one (a rollback may need it)."""
+        resolved = pack_dir.resolve()
+        return any(p is not None and p.resolve() == resolved for p in (self.current, self.previous))
+
+    def discard(self, pack_dir: Path) -> bool:
+        """Remove a fetched pack that is not in use and lies in the pack store; True if done."""
+        store = self.packs_dir.resolve()
+        target = pack_dir.resolve()
+        if self.in_use(target) or not target.is_relative_to(store) or target == store:
+            return False
+        shutil.rmtree(target, ignore_errors=True)
+        return True
 
     def switched(self, new: Path, old: Path) -> None:
         """Record a swap from ``old`` to ``new`` (OSError when it cannot be written)."""

@@ -103,6 +103,11 @@ class EdgeDaemon:
         """Download and verify ``name/version`` into the pack store (the state folder)."""
         return await self.cloud.fetch_pack(name, version, self.history.packs_dir)
 
+    async def discard_pack(self, pack_dir: Path) -> None:
+        running = self.proxies.current.pack_dir.resolve()
+        if pack_dir.resolve() != running:
+            await asyncio.to_thread(self.history.discard, pack_dir)
+
     def drain_telemetry(self) -> WindowStats:
         return self.metrics.window.drain()
 

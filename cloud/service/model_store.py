@@ -23,6 +23,13 @@ from shared.rpc import model_store_pb2, model_store_pb2_grpc
 log = logging.getLogger(__name__)
 
 
+# Smallest chunk sent, whatever a client asks for: each chunk costs the event loop a few
+# steps, so tiny chunks would let one download take the loop from inference calls.
+MIN_CHUNK_SIZE = 64 * 1024
+# Downloads served at once; more are refused with RESOURCE_EXHAUSTED (the edge retries).
+MAX_CONCURRENT_FETCHES = 4
+
+
 class ModelStoreServicer(model_store_pb2_grpc.ModelStoreServicer):
     """Serves the packs under ``packs_dir`` (``<packs_dir>/<name>/<version>/``)."""
 
@@ -31,12 +38,17 @@ class ModelStoreServicer(model_store_pb2_grpc.ModelStoreServicer):
         packs_dir: Path,
         default_chunk_size: int = 256 * 1024,
         max_chunk_size: int = 1024 * 1024,
+        max_concurrent: int = MAX_CONCURRENT_FETCHES,
+        min_chunk_size: int = MIN_CHUNK_SIZE,
     ) -> None:
-        if not 0 < default_chunk_size <= max_chunk_size:
-            raise ValueError("need 0 < default_chunk_size <= max_chunk_size")
+        if not 0 < min_chunk_size <= default_chunk_size <= max_chunk_size:
+            raise ValueError("need 0 < min_chunk_size <= default_chunk_size <= max_chunk_size")
+        self.min_chunk_size = min_chunk_size
         self.packs_dir = Path(packs_dir)
         self.default_chunk_size = default_chunk_size
         self.max_chunk_size = max_chunk_size
+        self.max_concurrent = max_concurrent
+        self._fetching = 0
 
     # -- ListPacks ---------------------------------------------------------------------------
 
@@ -99,7 +111,24 @@ class ModelStoreServicer(model_store_pb2_grpc.ModelStoreServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"chunk_size must be >= 0 (0: server default), got {request.chunk_size}",
             )
-        chunk_size = min(request.chunk_size or self.default_chunk_size, self.max_chunk_size)
+        wanted = request.chunk_size or self.default_chunk_size
+        chunk_size = max(self.min_chunk_size, min(wanted, self.max_chunk_size))
+        if self._fetching >= self.max_concurrent:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._fetching} pack downloads in progress (at most {self.max_concurrent}); "
+                "retry later",
+            )
+        self._fetching += 1
+        try:
+            async for chunk in self._pack_chunks(name, version, chunk_size, context):
+                yield chunk
+        finally:
+            self._fetching -= 1
+
+    async def _pack_chunks(
+        self, name: str, version: str, chunk_size: int, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[model_store_pb2.PackChunk]:
 
         pack_dir = self.packs_dir / name / version
         if not (pack_dir / MANIFEST).is_file():

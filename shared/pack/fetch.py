@@ -17,7 +17,14 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from shared.pack.manifest import MANIFEST, PackError, check_name, open_pack
+from shared.pack.manifest import (
+    MANIFEST,
+    MAX_FILE_BYTES,
+    MAX_FILES,
+    PackError,
+    check_name,
+    open_pack,
+)
 from shared.rpc import model_store_pb2
 
 
@@ -71,8 +78,17 @@ async def _receive(stub: Any, name: str, version: str, tmp: Path, chunk_size: in
                 rel = str(safe_relpath(chunk.path))
                 if rel in done:
                     raise PackError(f"file {rel!r} sent twice")
-                if chunk.size < 0:
-                    raise PackError(f"file {rel!r}: negative size {chunk.size}")
+                if not 0 <= chunk.size <= MAX_FILE_BYTES:
+                    raise PackError(
+                        f"file {rel!r}: declared size {chunk.size} outside [0, {MAX_FILE_BYTES}]"
+                    )
+                if len(done) >= MAX_FILES:
+                    raise PackError(f"more than {MAX_FILES} files in one pack")
+                free = (await asyncio.to_thread(shutil.disk_usage, tmp)).free
+                if chunk.size > free:
+                    raise PackError(
+                        f"file {rel!r}: {chunk.size} bytes declared, {free} free on the disk"
+                    )
                 try:
                     cur = await asyncio.to_thread(
                         _Incoming, tmp / rel, rel, chunk.sha256, chunk.size

@@ -28,6 +28,10 @@ from shared.names import is_plain_name
 
 FORMAT: Literal["autoglm-pack/1"] = "autoglm-pack/1"
 MANIFEST = "manifest.json"
+# Largest file a pack may declare (a 7B model's fp32 safetensors shard is well below it) and
+# most files: a declared size or count beyond them is refused before anything is written.
+MAX_FILE_BYTES = 64 * 2**30
+MAX_FILES = 4096
 
 
 class PackError(Exception):
@@ -37,7 +41,7 @@ class PackError(Exception):
 class FileEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the file's bytes")
-    size: int = Field(ge=0, description="size in bytes")
+    size: int = Field(ge=0, le=MAX_FILE_BYTES, description="size in bytes")
 
 
 class DecoderIO(BaseModel):

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from conftest import PackMaker
 
-from cloud.service.model_store import ModelStoreServicer
+from cloud.service.model_store import MIN_CHUNK_SIZE, ModelStoreServicer
 from shared.pack.fetch import fetch_pack
 from shared.pack.manifest import MANIFEST, PackError, open_pack
 from shared.rpc import model_store_pb2, model_store_pb2_grpc
@@ -42,13 +42,14 @@ def packs(make_pack: PackMaker, tmp_path: Path) -> Path:
     return root
 
 
-def with_store(packs: Path, fn: Callable[[Any], Awaitable[T]]) -> T:
+def with_store(packs: Path, fn: Callable[[Any], Awaitable[T]], **store: Any) -> T:
     """Run ``fn(stub)`` against a ModelStore server on a free local port, then stop it."""
+    store = store or {"default_chunk_size": CHUNK, "max_chunk_size": 4 * CHUNK, "min_chunk_size": 1}
 
     async def main() -> T:
         server = grpc.aio.server()
         model_store_pb2_grpc.add_ModelStoreServicer_to_server(
-            ModelStoreServicer(packs, default_chunk_size=CHUNK, max_chunk_size=4 * CHUNK), server
+            ModelStoreServicer(packs, **store), server
         )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -207,6 +208,7 @@ def test_corrupted_stream_raises_naming_the_file_and_moves_nothing(
         (lambda cs: [c for c in cs if (c.path, c.offset) != ("full.safetensors", CHUNK)], "offset"),
         (lambda cs: [model_store_pb2.PackChunk(path="../evil", size=0, last=True), *cs], "unsafe"),
         (lambda cs: [model_store_pb2.PackChunk(path="/etc/x", size=0, last=True), *cs], "unsafe"),
+        (lambda cs: [model_store_pb2.PackChunk(path="big", size=2**40), *cs], "declared size"),
     ],
 )
 def test_inconsistent_stream_is_refused(
@@ -228,3 +230,33 @@ def test_pack_already_in_place_is_reused_without_download(packs: Path, tmp_path:
     (final / "tokenizer.json").write_bytes(b"[]")
     with pytest.raises(PackError, match=r"tokenizer\.json"):
         asyncio.run(fetch_pack(FakeStub([]), "demo", "v1", dest_root))
+
+
+def test_tiny_chunk_sizes_are_raised_to_the_servers_minimum(packs: Path) -> None:
+    """A client asking for 1-byte chunks gets at least MIN_CHUNK_SIZE-byte ones: one download
+    cannot take the event loop from inference with millions of chunks."""
+
+    async def go(stub: Any) -> list[Any]:
+        req = model_store_pb2.FetchPackRequest(name="demo", version="v2", chunk_size=1)
+        return [c async for c in stub.FetchPack(req)]
+
+    chunks = with_store(packs, go, min_chunk_size=MIN_CHUNK_SIZE)
+    assert sum(c.path == "full.safetensors" for c in chunks) == 1  # 772 bytes: one chunk
+
+
+def test_downloads_beyond_the_concurrency_limit_are_refused_at_once(packs: Path) -> None:
+    async def go(stub: Any) -> list[grpc.StatusCode]:
+        req = model_store_pb2.FetchPackRequest(name="demo", version="v2")
+        first = stub.FetchPack(req)
+        await first.read()  # one download in progress
+        try:
+            await stub.FetchPack(req).read()
+        except grpc.aio.AioRpcError as exc:
+            codes = [exc.code()]
+        else:
+            codes = [grpc.StatusCode.OK]
+        first.cancel()
+        return codes
+
+    assert with_store(packs, go, max_concurrent=1, min_chunk_size=1, default_chunk_size=CHUNK,
+                      max_chunk_size=CHUNK) == [grpc.StatusCode.RESOURCE_EXHAUSTED]  # fmt: skip
