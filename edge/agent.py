@@ -315,7 +315,14 @@ class EdgeAgent:
             ok=ok, command=name, device_id=self.device_id, detail=detail, data=data
         )
         response_topic = getattr(props, "ResponseTopic", None)
-        if response_topic:
+        if response_topic and not self.topics.is_reply_topic(response_topic):
+            log.warning(
+                "MQTT: command %s asked for a reply on %r, outside %s*: not sent",
+                name,
+                response_topic,
+                self.topics.replies,
+            )
+        elif response_topic:
             out = Properties(mqtt.PacketTypes.PUBLISH)
             correlation = getattr(props, "CorrelationData", None)
             if correlation is not None:

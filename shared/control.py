@@ -64,6 +64,12 @@ class Topics:
         self.announce = f"{self.base}/models/announce"
         self.models_reported = f"{dev}/models/reported"
         self.commands = f"{dev}/cmd/+"
+        self.replies = f"{self.base}/replies/"  # command replies go only below this
+
+    def is_reply_topic(self, topic: str) -> bool:
+        """A topic a device may send a command's reply to: below ``replies/``, no wildcards."""
+        rest = topic.removeprefix(self.replies)
+        return rest != topic and bool(rest) and not any(ch in topic for ch in "+#\0")
 
     def command(self, name: str) -> str:
         return f"{self.base}/devices/{self.device_id}/cmd/{name}"

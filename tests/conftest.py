@@ -7,6 +7,21 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests: a fixed seed (derandomize) and a bounded number of examples, so that a
+# run of `make test` is repeatable and its length known; AUTOGLM_HYPOTHESIS=dev explores more.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("AUTOGLM_HYPOTHESIS", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
 # Built packs are kept here between test sessions (a pack of the same recipe is reused).

@@ -165,6 +165,8 @@ class EngineCore:
                 if req.is_finished:
                     self._release(req)
                     self.scheduler.finish(req)
+        if self.observer is not None and not self.scheduler.has_work():
+            self.observer(SchedulerOutput(), self.scheduler)  # idle now: gauges fall to zero
         return events
 
     def _run_isolated(

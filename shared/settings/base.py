@@ -130,6 +130,8 @@ class ConfigFileSource(TomlConfigSettingsSource):
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {self.path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise SettingsError(f"config file {self.path}: not UTF-8 text: {exc}") from None
 
 
 # The config file source of the load_settings call in progress (per thread / task).

@@ -264,3 +264,20 @@ def test_temperatures_that_would_break_a_step_are_refused_before_it(
     core = make_core(model)
     with pytest.raises(InvalidRequest, match="temperature"):
         core.add_request("x", "hi", SamplingParams(MAX_NEW, temperature=temperature))
+
+
+def test_queue_gauges_fall_to_zero_when_the_engine_goes_idle(model: GPT) -> None:
+    from cloud.service.metrics import ServiceMetrics
+    from cloud.service.servicer import metrics_observer
+
+    metrics = ServiceMetrics()
+    core = EngineCore(
+        model, TOK, EngineSettings(max_batch_size=8), observer=metrics_observer(metrics)
+    )
+    for i, p in enumerate(PROMPTS):
+        core.add_request(f"r{i}", p, SamplingParams(MAX_NEW))
+    core.step()
+    assert metrics.running._value.get() == 8  # type: ignore[attr-defined]
+    run_all(core)
+    assert metrics.running._value.get() == 0  # type: ignore[attr-defined]
+    assert metrics.waiting._value.get() == 0  # type: ignore[attr-defined]
