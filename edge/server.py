@@ -32,6 +32,7 @@ from shared.files import StateWriter
 from shared.pack.manifest import PackError
 from shared.rpc import INFERENCE_SERVICE, inference_pb2_grpc
 from shared.serving import (
+    InvalidMessagesInterceptor,
     add_health_and_reflection,
     bind,
     set_serving,
@@ -163,11 +164,12 @@ class EdgeDaemon:
         """Serve until :meth:`stop`, SIGTERM or SIGINT; ServeError when the address is unusable."""
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
+            interceptors=[InvalidMessagesInterceptor()],
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         inference_pb2_grpc.add_InferenceServicer_to_server(self.inference, server)
         health = add_health_and_reflection(server, (INFERENCE_SERVICE,))

@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -78,3 +79,62 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+class _Undecodable:
+    """What a request that cannot be parsed becomes, so that its call can say why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class InvalidMessagesInterceptor(grpc.aio.ServerInterceptor):
+    """Requests that do not parse (bytes that are not the message, a string field that is not
+    UTF-8) get INVALID_ARGUMENT with the reason, instead of gRPC's generic INTERNAL/UNKNOWN.
+
+    Put it after authentication: a refused call's bytes are never parsed at all."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        # The project's own services only (health and reflection are the libraries'), and
+        # unary requests only (every call of autoglm.v1 has one).
+        if not handler_call_details.method.startswith("/autoglm.") or handler.request_streaming:
+            return handler
+        parse = handler.request_deserializer
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as exc:  # DecodeError, UnicodeDecodeError...
+                return _Undecodable(f"the request is not a valid message: {exc}")
+
+        codecs = {
+            "request_deserializer": deserialize,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            inner: Any = handler.unary_unary  # an aio servicer method (the stubs type the sync API)
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, **codecs)
+        inner_stream: Any = handler.unary_stream
+
+        async def streaming(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+            async for item in inner_stream(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(streaming, **codecs)

@@ -31,6 +31,7 @@ from shared.rpc import (
     model_store_pb2_grpc,
 )
 from shared.serving import (
+    InvalidMessagesInterceptor,
     ServeError,
     add_health_and_reflection,
     bind,
@@ -123,7 +124,7 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
     )
     limit = settings.max_message_bytes
     server = grpc.aio.server(
-        interceptors=[auth],
+        interceptors=[auth, InvalidMessagesInterceptor()],
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
@@ -133,7 +134,7 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
         ],
     )
     inference_pb2_grpc.add_InferenceServicer_to_server(
-        InferenceServicer(engine, label, metrics), server
+        InferenceServicer(engine, label, metrics, auth), server
     )
     model_store_pb2_grpc.add_ModelStoreServicer_to_server(
         ModelStoreServicer(Path(settings.packs_dir)), server

@@ -28,6 +28,7 @@ from cloud.engine import (
     SchedulerOutput,
     TokenEvent,
 )
+from cloud.service.auth import ANYONE, BearerAuthInterceptor
 from cloud.service.metrics import ServiceMetrics
 from shared.request_ids import new_request_id, request_label
 from shared.rpc import inference_pb2, inference_pb2_grpc
@@ -42,6 +43,10 @@ class DeadlineExpired(RuntimeError):
     """The request's deadline passed before it finished (the engine dropped it)."""
 
 
+class PermissionRefused(RuntimeError):
+    """The call's token is bound to other device ids (maps to PERMISSION_DENIED)."""
+
+
 # The one place where engine errors become gRPC status codes.
 STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -49,6 +54,7 @@ STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     EngineStopped: grpc.StatusCode.UNAVAILABLE,
     EngineFailed: grpc.StatusCode.INTERNAL,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    PermissionRefused: grpc.StatusCode.PERMISSION_DENIED,
 }
 _MAPPED = tuple(STATUS_OF)
 
@@ -74,10 +80,17 @@ def metrics_observer(metrics: ServiceMetrics) -> Callable[[SchedulerOutput, Sche
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     """Serves Generate and GenerateStream from the AsyncEngine."""
 
-    def __init__(self, engine: AsyncEngine, pack_label: str, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        pack_label: str,
+        metrics: ServiceMetrics,
+        auth: BearerAuthInterceptor | None = None,
+    ) -> None:
         self.engine = engine
         self.pack_label = pack_label
         self.metrics = metrics
+        self.auth = auth  # the token's grant: device ids and the highest priority allowed
 
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -132,10 +145,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.metrics.request_started()
         try:
             require_prompt(request.prompt)
+            grant = self.auth.grant(context.invocation_metadata()) if self.auth else ANYONE
+            if not grant.allows_device(request.device_id):
+                raise PermissionRefused(
+                    f"this token may not call for device {request_label(request.device_id)!r}"
+                )
             remaining = context.time_remaining()
             kwargs: dict[str, Any] = {
                 "params": sampling_from_wire(request.sampling),
-                "priority": request.priority,
+                "priority": max(0, min(request.priority, grant.max_priority)),
                 "deadline": None if remaining is None else start + remaining,
                 "draft_ids": list(request.draft.token_ids),
             }
