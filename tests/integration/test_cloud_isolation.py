@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -92,3 +93,67 @@ def test_sampling_numbers_that_would_break_a_step_are_refused_and_others_finish(
     tiny = 0 < temperature < 1e-5  # treated as greedy, as vLLM does
     assert code == (grpc.StatusCode.OK if tiny else grpc.StatusCode.INVALID_ARGUMENT)
     assert answers == [alone[p] for p in PROMPTS]
+
+
+GRANTS = "tok-any\ntok-dev devices=dev-a,dev-b\ntok-prio max_priority=10\n"
+
+
+@pytest.fixture(scope="module")
+def granted(quick_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudServer]:
+    workdir = tmp_path_factory.mktemp("grants")
+    (workdir / "tokens.txt").write_text(GRANTS)
+    server = CloudServer(
+        quick_pack, workdir, args=["--tokens-file", str(workdir / "tokens.txt")]
+    ).wait_serving()
+    yield server
+    server.stop()
+
+
+def code_with(server: CloudServer, token: str, request: pb.GenerateRequest) -> grpc.StatusCode:
+    with server.channel() as ch:
+        try:
+            inference_pb2_grpc.InferenceStub(ch).Generate(
+                request, timeout=T, metadata=(("authorization", f"Bearer {token}"),)
+            )
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_a_token_bound_to_devices_may_not_claim_another(granted: CloudServer) -> None:
+    def as_device(device: str) -> pb.GenerateRequest:
+        r = greedy("rev abc=")
+        r.device_id = device
+        return r
+
+    assert code_with(granted, "tok-dev", as_device("dev-a")) == grpc.StatusCode.OK
+    assert code_with(granted, "tok-dev", as_device("dev-c")) == grpc.StatusCode.PERMISSION_DENIED
+    assert code_with(granted, "tok-any", as_device("dev-c")) == grpc.StatusCode.OK
+
+
+def raw_generate(server: CloudServer, body: bytes, metadata: Any = AUTH) -> grpc.StatusCode:
+    """A Generate call whose request bytes are sent as they are (not built by protobuf)."""
+    with server.channel() as ch:
+        call = ch.unary_unary(
+            "/autoglm.v1.Inference/Generate",
+            request_serializer=lambda b: b,
+            response_deserializer=pb.GenerateResponse.FromString,
+        )
+        try:
+            call(body, timeout=T, metadata=metadata)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_a_string_field_that_is_not_utf8_is_invalid_argument(server: CloudServer) -> None:
+    prompt = b"\x12\x04\xff\xfe\xfd\xfc"  # field 2 (prompt), 4 bytes that are not UTF-8
+    assert raw_generate(server, prompt) == grpc.StatusCode.INVALID_ARGUMENT
+    assert raw_generate(server, b"\xff\xff\xff") == grpc.StatusCode.INVALID_ARGUMENT
+    assert stream(server, greedy(PROMPTS[0]))[0]  # still serving
+
+
+def test_a_call_without_a_token_is_refused_before_its_bytes_are_parsed(
+    server: CloudServer,
+) -> None:
+    assert raw_generate(server, b"\xff\xff\xff", metadata=()) == grpc.StatusCode.UNAUTHENTICATED
