@@ -12,6 +12,9 @@ from typing import Any
 import grpc
 import pytest
 from cloud_server import AUTH, write_tokens
+from grpc_health.v1 import health_pb2
+from hypothesis import given
+from strategies import REQUESTS
 
 from bench.stack.processes import CloudServer
 from shared.rpc import inference_pb2 as pb
@@ -157,3 +160,26 @@ def test_a_call_without_a_token_is_refused_before_its_bytes_are_parsed(
     server: CloudServer,
 ) -> None:
     assert raw_generate(server, b"\xff\xff\xff", metadata=()) == grpc.StatusCode.UNAUTHENTICATED
+
+
+# What a cloud may answer to any request: an answer, or the documented refusals.
+CLOUD_CODES = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+@given(request=REQUESTS)
+def test_any_request_gets_an_answer_or_a_documented_refusal(
+    server: CloudServer, request: pb.GenerateRequest
+) -> None:
+    with server.channel() as ch:
+        try:
+            inference_pb2_grpc.InferenceStub(ch).Generate(request, timeout=T, metadata=AUTH)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+            assert exc.details(), code
+    assert code in CLOUD_CODES
+    assert server.health() == health_pb2.HealthCheckResponse.SERVING
