@@ -129,7 +129,7 @@ class EdgeDaemon:
             self.metrics.model_swaps.labels(result="failed").inc()
             raise
         try:
-            self.history.switched(new.pack_dir, old.pack_dir)
+            await asyncio.to_thread(self.history.switched, new.pack_dir, old.pack_dir)
         except OSError as exc:
             log.warning("swapped, but cannot record it in %s: %s", self.history.path, exc)
         self.metrics.model_swaps.labels(result="ok").inc()

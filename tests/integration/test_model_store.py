@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 from conftest import PackMaker
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cloud.service.model_store import MIN_CHUNK_SIZE, ModelStoreServicer
 from shared.pack.fetch import fetch_pack
@@ -260,3 +262,29 @@ def test_downloads_beyond_the_concurrency_limit_are_refused_at_once(packs: Path)
 
     assert with_store(packs, go, max_concurrent=1, min_chunk_size=1, default_chunk_size=CHUNK,
                       max_chunk_size=CHUNK) == [grpc.StatusCode.RESOURCE_EXHAUSTED]  # fmt: skip
+
+
+CHUNKS = st.lists(
+    st.builds(
+        model_store_pb2.PackChunk,
+        path=st.sampled_from(["full.safetensors", "manifest.json", "a/b", "../x", "", "/etc/p"]),
+        offset=st.integers(min_value=0, max_value=2**40),
+        data=st.binary(max_size=64),
+        sha256=st.sampled_from(["", "0" * 64]),
+        size=st.integers(min_value=-5, max_value=2**63 - 1),
+        last=st.booleans(),
+    ),
+    max_size=8,
+)
+
+
+@given(chunks=CHUNKS)
+def test_any_pack_stream_is_a_pack_or_a_pack_error_and_leaves_nothing(
+    tmp_path_factory: pytest.TempPathFactory, chunks: list[Any]
+) -> None:
+    dest_root = tmp_path_factory.mktemp("fetch")
+    try:
+        asyncio.run(fetch_pack(FakeStub(chunks), "demo", "v2", dest_root))
+    except PackError:
+        assert not (dest_root / "demo" / "v2").exists()
+        assert [p.name for p in (dest_root / "demo").iterdir()] == []
