@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP_ARGS ?=
 BENCH ?= all
 # Packs the tests share, built before pytest starts (tests/conftest.py reads the same folder).
-TEST_PACKS ?= .cache/packs
+TEST_PACKS ?= $(CURDIR)/.cache/packs
 # apt-get needs root; under CI (no stdin) sudo must fail at once instead of asking a password.
 ifeq ($(shell id -u),0)
 SUDO ?=

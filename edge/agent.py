@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -406,7 +407,13 @@ class EdgeAgent:
 
 
 def _version_in(payload: bytes) -> int:
-    """The version of a document that failed validation, when one can be read (else 0)."""
+    """The version of a document that failed validation, when one can be read (else 0); a
+    document nested too deep to parse safely is searched, not parsed."""
+    if len(payload) > c.MAX_PAYLOAD_BYTES:
+        return 0
+    if c.nesting_depth(payload) > c.MAX_DEPTH:
+        found = re.search(rb'^\s*\{\s*"version"\s*:\s*(\d{1,12})\b', payload)
+        return int(found.group(1)) if found else 0
     try:
         v = json.loads(payload).get("version")
     except (ValueError, AttributeError):

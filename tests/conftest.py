@@ -26,7 +26,7 @@ settings.load_profile(os.environ.get("AUTOGLM_HYPOTHESIS", "ci"))
 ROOT = Path(__file__).resolve().parents[1]
 # Built packs are kept here between test sessions (a pack of the same recipe is reused).
 # `make test` builds the quick pack here before pytest starts (no per-test timeout on a build).
-PACK_CACHE = Path(os.environ.get("AUTOGLM_TEST_PACKS", ROOT / ".cache" / "packs"))
+PACK_CACHE = Path(os.environ.get("AUTOGLM_TEST_PACKS", ROOT / ".cache" / "packs")).resolve()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -143,14 +143,13 @@ class EngineCore:
         """One iteration: schedule, batched forward(s), sample, update states, emit events."""
         now = time.monotonic()
         sched = self.scheduler.schedule(now)
-        if self.observer is not None:
-            self.observer(sched, self.scheduler)
         for req in sched.prefill:
             req.prefill_at = now
         for req in sched.finished:  # aborted or past their deadline
             self._release(req)
         events = [TokenEvent(r.request_id, [], status=r.status, request=r) for r in sched.finished]
         if not (sched.prefill or sched.decode):
+            self._observe(sched)
             return events
         self.num_steps += 1
         for rows, run in ((sched.prefill, self._prefill), (sched.decode, self._decode)):
@@ -165,9 +164,14 @@ class EngineCore:
                 if req.is_finished:
                     self._release(req)
                     self.scheduler.finish(req)
-        if self.observer is not None and not self.scheduler.has_work():
-            self.observer(SchedulerOutput(), self.scheduler)  # idle now: gauges fall to zero
+        self._observe(sched)
         return events
+
+    def _observe(self, sched: SchedulerOutput) -> None:
+        """The step's schedule and the queues as the step leaves them: after the last step the
+        running and waiting counts are zero (gauges fall to zero when the engine goes idle)."""
+        if self.observer is not None:
+            self.observer(sched, self.scheduler)
 
     def _run_isolated(
         self, rows: list[Request], run: Callable[[list[Request]], torch.Tensor]

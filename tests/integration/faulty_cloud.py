@@ -1,7 +1,8 @@
 """``autoglm ARGS`` with a fault injected into the cloud's engine thread, for the tests.
 
-The request whose id is ``engine-bug`` makes the engine loop raise outside a step, a stand-in
-for a bug there (a step's own errors are caught and fail only that step's requests).
+The request whose prompt is ``engine-bug`` makes the engine loop raise outside a step, a stand-in
+for a bug there (a step's own errors fail only the requests that cause them). The prompt, not
+the request id: the engine never sees a client's id (it gets one the server generates).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ _apply = AsyncEngine._apply
 
 
 def _faulty_apply(self: AsyncEngine, cmd: tuple[Any, ...]) -> None:
-    if cmd[0] == "add" and cmd[1] == "engine-bug":
+    if cmd[0] == "add" and cmd[2] == "engine-bug":
         raise RuntimeError("fault injected into the engine loop")
     _apply(self, cmd)
 

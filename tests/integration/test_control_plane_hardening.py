@@ -80,6 +80,12 @@ def report_of(msg: Any) -> dict[str, Any]:
     return dict(json.loads(msg.payload))
 
 
+def apply(operator: mqtt.Client, reports: Any, version: int) -> None:
+    """Push a valid fleet document and wait until the device reports it applied."""
+    push(operator, {"version": version, "cache": {"ttl_s": float(version)}})
+    wait_for(reports, lambda m: (report_of(m)["version"], report_of(m)["status"]) == (version, 200))
+
+
 def test_an_absurd_version_is_refused_and_normal_versions_still_apply(
     edge: EdgeServer, operator: mqtt.Client
 ) -> None:
@@ -96,18 +102,20 @@ def test_a_deeply_nested_document_is_reported_400_and_changes_nothing(
     edge: EdgeServer, operator: mqtt.Client
 ) -> None:
     reports = subscribe(operator, T.reported)
-    deep = b'{"version": 6, "cache": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    apply(operator, reports, 20)
+    deep = b'{"version": 21, "cache": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     push(operator, deep)
-    bad = report_of(wait_for(reports, lambda m: report_of(m).get("version") == 6))
+    bad = report_of(wait_for(reports, lambda m: report_of(m).get("version") == 21))
     assert bad["status"] == 400 and "nests" in " ".join(bad["errors"]), bad
-    assert bad["fleet_version"] == 5
+    assert bad["fleet_version"] == 20
 
 
 def test_an_older_version_is_reported_400(edge: EdgeServer, operator: mqtt.Client) -> None:
     reports = subscribe(operator, T.reported)
-    push(operator, {"version": 3, "cache": {"ttl_s": 3.0}})
-    bad = report_of(wait_for(reports, lambda m: report_of(m).get("version") == 3))
-    assert bad["status"] == 400 and "older" in bad["detail"] and bad["fleet_version"] == 5
+    apply(operator, reports, 30)
+    push(operator, {"version": 29, "cache": {"ttl_s": 3.0}})
+    bad = report_of(wait_for(reports, lambda m: report_of(m).get("version") == 29))
+    assert bad["status"] == 400 and "older" in bad["detail"] and bad["fleet_version"] == 30
 
 
 def test_after_a_burst_the_device_converges_to_the_retained_document(

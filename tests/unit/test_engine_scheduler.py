@@ -148,4 +148,4 @@ def test_engine_rejects_bad_draft_and_applies_default_max_new(model: GPT) -> Non
 def test_status_order_makes_is_finished_a_comparison() -> None:
     """Statuses are ordered; every FINISHED_* status is final."""
     assert sorted(RequestStatus) == list(RequestStatus)
-    assert [s.is_finished for s in RequestStatus] == [False, False] + [True] * 5
+    assert [s.is_finished for s in RequestStatus] == [False, False] + [True] * 6
