@@ -13,7 +13,6 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
 
 import grpc
 
@@ -169,25 +168,28 @@ class ModelStoreServicer(model_store_pb2_grpc.ModelStoreServicer):
         chunk_size: int,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[model_store_pb2.PackChunk]:
-        """Chunks of one file, read in a worker thread so the event loop stays free."""
-        f: BinaryIO = await asyncio.to_thread((pack_dir / rel).open, "rb")
-        try:
-            offset = 0
-            while True:
-                want = min(chunk_size, size - offset)
-                data = await asyncio.to_thread(f.read, want) if want else b""
-                if len(data) != want:
-                    # The file shrank since open_pack verified it: stop rather than send garbage.
-                    await context.abort(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"file {rel!r} of the pack changed while it was being sent",
-                    )
-                last = offset + want >= size
-                yield model_store_pb2.PackChunk(
-                    path=rel, offset=offset, data=data, sha256=sha256, size=size, last=last
+        """Chunks of one file, each read in a worker thread so the event loop stays free. No
+        file stays open between chunks: a download cancelled midway leaves nothing open."""
+        offset = 0
+        while True:
+            want = min(chunk_size, size - offset)
+            data = await asyncio.to_thread(_read_at, pack_dir / rel, offset, want) if want else b""
+            if len(data) != want:
+                # The file shrank since open_pack verified it: stop rather than send garbage.
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"file {rel!r} of the pack changed while it was being sent",
                 )
-                if last:
-                    return
-                offset += want
-        finally:
-            f.close()
+            last = offset + want >= size
+            yield model_store_pb2.PackChunk(
+                path=rel, offset=offset, data=data, sha256=sha256, size=size, last=last
+            )
+            if last:
+                return
+            offset += want
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read(size)
