@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,6 +30,27 @@ MIN_CHUNK_SIZE = 64 * 1024
 MAX_CONCURRENT_FETCHES = 4
 
 
+class RateLimit:
+    """A token bucket over the bytes all downloads send: streaming a pack costs the server's
+    event loop and CPU, so unbounded downloads would take them from inference calls."""
+
+    def __init__(self, bytes_per_s: float, burst_s: float = 0.25) -> None:
+        self.rate = bytes_per_s
+        self.capacity = max(1.0, bytes_per_s * burst_s)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    async def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= n
+        if self.tokens < 0:
+            await asyncio.sleep(-self.tokens / self.rate)
+
+
 class ModelStoreServicer(model_store_pb2_grpc.ModelStoreServicer):
     """Serves the packs under ``packs_dir`` (``<packs_dir>/<name>/<version>/``)."""
 
@@ -39,7 +61,9 @@ class ModelStoreServicer(model_store_pb2_grpc.ModelStoreServicer):
         max_chunk_size: int = 1024 * 1024,
         max_concurrent: int = MAX_CONCURRENT_FETCHES,
         min_chunk_size: int = MIN_CHUNK_SIZE,
+        max_bytes_per_s: float = 0.0,
     ) -> None:
+        """``max_bytes_per_s``: all downloads together send at most this (0 = no limit)."""
         if not 0 < min_chunk_size <= default_chunk_size <= max_chunk_size:
             raise ValueError("need 0 < min_chunk_size <= default_chunk_size <= max_chunk_size")
         self.min_chunk_size = min_chunk_size
@@ -48,6 +72,7 @@ class ModelStoreServicer(model_store_pb2_grpc.ModelStoreServicer):
         self.max_chunk_size = max_chunk_size
         self.max_concurrent = max_concurrent
         self._fetching = 0
+        self.rate = RateLimit(max_bytes_per_s)
 
     # -- ListPacks ---------------------------------------------------------------------------
 
@@ -181,6 +206,7 @@ class ModelStoreServicer(model_store_pb2_grpc.ModelStoreServicer):
                     f"file {rel!r} of the pack changed while it was being sent",
                 )
             last = offset + want >= size
+            await self.rate.take(len(data))
             yield model_store_pb2.PackChunk(
                 path=rel, offset=offset, data=data, sha256=sha256, size=size, last=last
             )

@@ -137,7 +137,10 @@ async def serve(settings: CloudSettings, *, on_ready: Callable[[str], None] | No
         InferenceServicer(engine, label, metrics, auth), server
     )
     model_store_pb2_grpc.add_ModelStoreServicer_to_server(
-        ModelStoreServicer(Path(settings.packs_dir)), server
+        ModelStoreServicer(
+            Path(settings.packs_dir), max_bytes_per_s=settings.fetch_max_mib_s * 2**20
+        ),
+        server,
     )
     health_servicer = add_health_and_reflection(server, (INFERENCE_SERVICE, MODEL_STORE_SERVICE))
     address = _bind(server, settings.listen, settings.tls)

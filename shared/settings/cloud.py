@@ -103,6 +103,14 @@ class CloudSettings(ComponentSettings):
         default=Path("packs"),
         description="Folder of packs (`<name>/<version>/`) that ModelStore serves.",
     )
+    fetch_max_mib_s: float = Field(
+        default=16.0,
+        ge=0,
+        le=1_000_000,
+        description="Most MiB/s that all pack downloads together send (0 = no limit): streaming "
+        "costs the server CPU that inference calls need. 16 MiB/s kept Generate's p50 within "
+        "noise beside a download loop on 2 cores (docs/security.md); raise it on bigger hosts.",
+    )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics page; 0 = off."
     )
