@@ -36,6 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
             "hybrid",
             "all-edge, all-cloud and hybrid on one workload through an emulated WAN",
         ),
+        ("fetch", "Generate latency beside a pack download loop, per download rate limit"),
         ("all", "every benchmark above but hybrid"),
     ):
         b = sub.add_parser(name, help=help_text)
@@ -54,7 +55,19 @@ def register(parser: argparse.ArgumentParser) -> None:
             )
         if name == "hybrid":
             add_hybrid_options(b)
-        if name in ("cloud", "overload", "edge", "hybrid", "all"):
+        if name == "fetch":
+            b.add_argument(
+                "--limits",
+                type=_mib_limits,
+                default=[0.0, 16.0],
+                help="fetch: fetch_max_mib_s values to compare side by side (0 = no limit)",
+            )
+            b.add_argument("--calls", type=int, default=60, help="fetch: Generate calls a median")
+            b.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+            b.add_argument(
+                "--chunk-size", type=int, default=0, help="fetch: chunk size asked (0 = default)"
+            )
+        if name in ("cloud", "overload", "edge", "hybrid", "fetch", "all"):
             b.add_argument("--pack", type=Path, default=Path("packs/demo/latest"), help="pack")
         if name in ("overload", "all"):
             b.add_argument("--queue-bound", type=int, default=16, help="overload: max_waiting")
@@ -358,9 +371,37 @@ def _run_hybrid(args: argparse.Namespace) -> None:
     print("\nwritten: " + ", ".join(written))
 
 
+def _mib_limits(text: str) -> list[float]:
+    try:
+        limits = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0,16, got {text!r}") from None
+    if not limits or any(v < 0 for v in limits):
+        raise argparse.ArgumentTypeError(f"limits must be >= 0, got {text!r}")
+    return limits
+
+
+def _run_fetch(args: argparse.Namespace) -> None:
+    from bench.fetch import bench_fetch
+
+    r = bench_fetch(args.pack, args.limits, args.calls, args.rounds, args.chunk_size)
+    print(f"cloud on {r['pack']}: median of {r['calls']} Generate calls, {r['rounds']} rounds")
+    print(f"{'fetch_max_mib_s':>15} {'alone':>9} {'beside download':>16} {'slowdown':>9}")
+    for row in r["rows"]:
+        limit = "none" if row["fetch_max_mib_s"] == 0 else f"{row['fetch_max_mib_s']:g}"
+        print(
+            f"{limit:>15} {row['generate_p50_ms_alone']:>7.1f}ms "
+            f"{row['generate_p50_ms_beside_download']:>14.1f}ms {row['slowdown']:>8.2f}x"
+        )
+    _write(args, "fetch", r)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.bench == "hybrid":
         _run_hybrid(args)
+        return 0
+    if args.bench == "fetch":
+        _run_fetch(args)
         return 0
     if args.bench in ("train", "all"):
         _run_train(args)

@@ -108,8 +108,8 @@ class CloudSettings(ComponentSettings):
         ge=0,
         le=1_000_000,
         description="Most MiB/s that all pack downloads together send (0 = no limit): streaming "
-        "costs the server CPU that inference calls need. 16 MiB/s kept Generate's p50 within "
-        "noise beside a download loop on 2 cores (docs/security.md); raise it on bigger hosts.",
+        "costs the server CPU that inference calls need (`autoglm bench fetch` measures it, "
+        "docs/benchmarks.md); raise it on hosts with more cores.",
     )
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of the Prometheus /metrics page; 0 = off."

@@ -131,3 +131,24 @@ def test_bench_overload_refuses_bad_nice_levels_with_a_reason(
         main(["bench", "overload", "--nice", bad])
     assert exc.value.code == 2
     assert "argument --nice" in capsys.readouterr().err
+
+
+def test_bench_fetch_compares_download_limits_side_by_side(
+    quick_pack: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "fetch", "--pack", str(quick_pack), "--limits", "0,16", "--calls", "3"]
+    assert main([*argv, "--rounds", "1", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "fetch.json").read_text())
+    assert [row["fetch_max_mib_s"] for row in r["rows"]] == [0.0, 16.0]
+    assert all(row["generate_p50_ms_alone"] > 0 and row["slowdown"] > 0 for row in r["rows"])
+    assert "beside download" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["x", "-1", ""])
+def test_bench_fetch_refuses_bad_limits_with_a_reason(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "fetch", "--limits", bad])
+    assert exc.value.code == 2
+    assert "argument --limits" in capsys.readouterr().err
