@@ -123,14 +123,19 @@ def test_overload_floor_script_times_refusals_with_the_engine_out_of_the_picture
     assert all(len(r["p99_ms"]) == 1 and r["p99_ms_median"] > 0 for r in rows.values())
 
 
-@pytest.mark.parametrize("bad", ["0,x", "0,20", "10,10", "-1"])
-def test_bench_overload_refuses_bad_nice_levels_with_a_reason(
-    bad: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("bench", "flag", "bad"),
+    [("overload", "--nice", bad) for bad in ("0,x", "0,20", "10,10", "-1")]
+    + [("fetch", "--limits", bad) for bad in ("x", "-1", "")],
+)
+def test_bench_refuses_bad_lists_of_levels_with_a_reason(
+    bench: str, flag: str, bad: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """engine.nice levels (overload) and download limits (fetch) to compare side by side."""
     with pytest.raises(SystemExit) as exc:
-        main(["bench", "overload", "--nice", bad])
+        main(["bench", bench, flag, bad])
     assert exc.value.code == 2
-    assert "argument --nice" in capsys.readouterr().err
+    assert f"argument {flag}" in capsys.readouterr().err
 
 
 def test_bench_fetch_compares_download_limits_side_by_side(
@@ -142,13 +147,3 @@ def test_bench_fetch_compares_download_limits_side_by_side(
     assert [row["fetch_max_mib_s"] for row in r["rows"]] == [0.0, 16.0]
     assert all(row["generate_p50_ms_alone"] > 0 and row["slowdown"] > 0 for row in r["rows"])
     assert "beside download" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("bad", ["x", "-1", ""])
-def test_bench_fetch_refuses_bad_limits_with_a_reason(
-    bad: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["bench", "fetch", "--limits", bad])
-    assert exc.value.code == 2
-    assert "argument --limits" in capsys.readouterr().err
