@@ -111,7 +111,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ModuleNotFoundError as exc:
         return _missing_extra(args.group, exc)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -34,6 +34,7 @@ from shared.pack.manifest import (
     RoutingSpec,
     check_name,
     open_pack,
+    read_manifest,
     seal,
     sha256_file,
 )
@@ -106,6 +107,18 @@ def _link_latest(name_dir: Path, version: str) -> None:
     os.replace(tmp, link)
 
 
+def _valid(pack: Path) -> Path | None:
+    """``pack`` when it exists and verifies; else None (a damaged one is rebuilt)."""
+    if not pack.exists():
+        return None
+    try:
+        open_pack(pack)
+    except PackError as exc:
+        log.warning("rebuilding %s: %s", pack, exc)
+        return None
+    return pack
+
+
 def content_version(pack_dir: Path, files: list[str]) -> str:
     """12 hex digits of a SHA-256 over ``files`` (names and contents) of ``pack_dir``."""
     h = hashlib.sha256()
@@ -115,21 +128,30 @@ def content_version(pack_dir: Path, files: list[str]) -> str:
 
 
 def find_built(name_dir: Path, recipe: Recipe) -> Path | None:
-    """A verified pack in ``name_dir`` built from ``recipe`` (``latest`` first, else the newest)."""
+    """A verified pack in ``name_dir`` built from ``recipe`` (``latest`` first, else the newest).
+
+    Candidates are picked by their manifests alone; only they are verified (every file hashed),
+    in that order, until one holds."""
     if not name_dir.is_dir():
         return None
-    found: list[tuple[bool, str, Path]] = []
     latest = (name_dir / "latest").resolve() if (name_dir / "latest").is_symlink() else None
+    found: list[tuple[bool, str, Path]] = []
     for pack in name_dir.iterdir():
         if pack.name.startswith(".") or pack.is_symlink() or not pack.is_dir():
             continue
         try:
-            manifest = open_pack(pack)
+            manifest = read_manifest(pack)
         except PackError:
             continue
         if manifest.build.get("recipe_sha256") == recipe.digest():
             found.append((pack.resolve() == latest, manifest.created, pack))
-    return max(found)[2] if found else None
+    for *_, pack in sorted(found, reverse=True):
+        try:
+            open_pack(pack)
+            return pack
+        except PackError as exc:
+            log.warning("not reusing %s: %s", pack, exc)
+    return None
 
 
 def build_pack(
@@ -143,15 +165,11 @@ def build_pack(
     if version is not None:
         check_name("version", version)
     if not force:
-        reuse = find_built(name_dir, recipe) if version is None else name_dir / version
-        if reuse is not None and reuse.exists():
-            try:
-                open_pack(reuse)
-                log.info("reusing %s (same recipe; --force rebuilds)", reuse)
-                _link_latest(name_dir, reuse.name)
-                return reuse
-            except PackError as exc:
-                log.warning("rebuilding %s: %s", reuse, exc)
+        reuse = find_built(name_dir, recipe) if version is None else _valid(name_dir / version)
+        if reuse is not None:
+            log.info("reusing %s (same recipe; --force rebuilds)", reuse)
+            _link_latest(name_dir, reuse.name)
+            return reuse
     name_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=name_dir))
     work.chmod(0o755)  # mkdtemp's 0700 would stay on the pack folder

@@ -198,19 +198,13 @@ class EngineCore:
             try:
                 picks = self._pick(group, out)
             except Exception:
-                picks = []
                 for i, r in enumerate(group):
                     try:
-                        picks.append(self._pick([r], out[i : i + 1])[0])
+                        done.append((r, *self._pick([r], out[i : i + 1])[0]))
                     except Exception as row_exc:
-                        picks.append(([], []))
                         failed.append((r, row_exc))
-            failed_now = {id(f) for f, _ in failed}
-            done += [
-                (r, toks, probs)
-                for r, (toks, probs) in zip(group, picks, strict=True)
-                if id(r) not in failed_now
-            ]
+            else:
+                done += [(r, toks, probs) for r, (toks, probs) in zip(group, picks, strict=True)]
         return done, failed
 
     def _fail(self, req: Request, exc: Exception, now: float) -> TokenEvent:

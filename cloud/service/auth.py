@@ -98,18 +98,12 @@ def read_grants(path: Path) -> dict[str, Grant]:
     return grants
 
 
-def read_tokens(path: Path) -> list[str]:
-    """The tokens listed in ``path``; AuthConfigError when it is unreadable or lists none."""
-    return list(read_grants(path))
-
-
 class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
     """Rejects calls without an accepted bearer token with UNAUTHENTICATED."""
 
     def __init__(self, tokens: list[str] | dict[str, Grant]) -> None:
         grants = tokens if isinstance(tokens, dict) else dict.fromkeys(tokens, Grant())
         self._grants = [(t.encode(), g) for t, g in grants.items()]
-        self._tokens = [t for t, _ in self._grants]
 
     @classmethod
     def from_settings(cls, tokens_file: Path | None, auth_disabled: bool) -> BearerAuthInterceptor:
@@ -128,7 +122,7 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
 
     @property
     def disabled(self) -> bool:
-        return not self._tokens
+        return not self._grants
 
     def check(self, metadata: Any) -> str | None:
         """None when ``metadata`` carries an accepted token, else why not."""
